@@ -1,0 +1,30 @@
+"""maskrcnn: a faithful, fast, CPU-first Mask R-CNN on PyTorch.
+
+    import maskrcnn
+    model = maskrcnn.load_model("maskrcnn_resnet50_fpn_coco.pth")  # or our checkpoint
+    detections = maskrcnn.predict(model, ["street.jpg"])
+"""
+
+from .api import create_model, image_to_tensor, predict
+from .config import ModelConfig, preset
+from .io.weights import WeightsError, load_model, save_model
+from .modeling import MaskRCNN, build_model
+from .structures import Detections, ImageList, Targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detections",
+    "ImageList",
+    "MaskRCNN",
+    "ModelConfig",
+    "Targets",
+    "WeightsError",
+    "build_model",
+    "create_model",
+    "image_to_tensor",
+    "load_model",
+    "predict",
+    "preset",
+    "save_model",
+]

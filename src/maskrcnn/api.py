@@ -1,0 +1,83 @@
+"""The small Python API: build or load a model, predict on images of any common type."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ModelConfig, preset
+from .modeling import MaskRCNN, build_model
+from .structures import Detections
+
+ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+
+
+def create_model(name_or_config: str | ModelConfig = "torchvision_r50_fpn") -> MaskRCNN:
+    """A model with random weights from a preset name or a config."""
+    cfg = preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    return build_model(cfg)
+
+
+def image_to_tensor(image: Any) -> Tensor:
+    """A path, PIL image, numpy array (HxW or HxWxC, uint8 or float in [0, 1]) or tensor
+    ([3, H, W] float in [0, 1] or uint8) -> float32 [3, H, W] RGB in [0, 1]."""
+    if isinstance(image, (str, os.PathLike)):
+        from .data.images import load_image
+
+        return load_image(Path(image))
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected an image tensor [3, H, W], got {list(image.shape)}")
+        image = image.expand(3, -1, -1)
+        return image.float() / 255 if image.dtype == torch.uint8 else image
+    if hasattr(image, "convert"):  # PIL.Image
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise ValueError(f"expected an HxW or HxWxC image array, got shape {image.shape}")
+        array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
+    raise TypeError(f"cannot use an image of type {type(image).__name__}")
+
+
+def predict(
+    model: MaskRCNN,
+    images: ImageLike | Sequence[ImageLike],
+    *,
+    score_thresh: float | None = None,
+    soft_masks: bool = False,
+    batch_size: int = 1,
+) -> list[Detections]:
+    """Detections (boxes xyxy, scores, labels, masks) per image, in original pixels."""
+    single = not isinstance(images, (list, tuple))
+    items = [images] if single else list(images)
+    device = next(model.parameters()).device
+    was_training = model.training
+    old_thresh = model.cfg.roi_heads.score_thresh
+    if score_thresh is not None:
+        model.cfg.roi_heads.score_thresh = score_thresh
+    model.eval()
+    try:
+        results: list[Detections] = []
+        for batch in _chunks(items, batch_size):
+            tensors = [image_to_tensor(img).to(device) for img in batch]
+            results.extend(model.predict(tensors, soft_masks=soft_masks))
+    finally:
+        model.cfg.roi_heads.score_thresh = old_thresh
+        model.train(was_training)
+    return results
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + max(size, 1)]

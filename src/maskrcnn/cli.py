@@ -1,0 +1,398 @@
+"""The `maskrcnn` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+PREDICT_EXAMPLES = """examples:
+  maskrcnn predict street.jpg --weights maskrcnn_resnet50_fpn_coco.pth --out out/
+  maskrcnn predict photos/ more.png --weights runs/demo/model_final.pt --score-thresh 0.5
+writes OUT/predictions.json (COCO results: file_name, image_id, category_id, bbox xywh,
+score, RLE segmentation) and OUT/overlays/<image>.png for every image."""
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with a non-zero exit status."""
+
+
+def _find_images(inputs: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted, not recursive)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                print(f"maskrcnn: warning: {path}: no image files in this folder", file=sys.stderr)
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import predict
+    from .data.images import load_image
+    from .io.coco_results import detections_to_coco, write_results_json
+    from .io.weights import load_model
+    from .visualize import save_overlay
+
+    model = load_model(args.weights, device=args.device)
+    class_names = model.cfg.class_names or None
+    category_ids = model.cfg.category_ids or None
+    out = Path(args.out)
+    results, failed = [], 0
+    paths = _find_images(args.inputs)
+    if not paths:
+        raise CliError("no images to predict on")
+    for image_id, path in enumerate(paths, start=1):
+        try:
+            image = load_image(path)
+        except (OSError, ValueError) as err:
+            print(f"maskrcnn: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        dets = predict(model, image.to(args.device), score_thresh=args.score_thresh)[0]
+        dets = dets.to("cpu")
+        results.extend(detections_to_coco(dets, image_id, category_ids, file_name=str(path)))
+        overlay = out / "overlays" / f"{image_id:05d}_{path.stem}.png"
+        save_overlay(image, dets, overlay, class_names, score_thresh=args.vis_thresh)
+        print(f"{path}: {len(dets)} detections -> {overlay}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_results_json(results, out / "predictions.json")
+    print(f"wrote {len(results)} detections of {len(paths) - failed} images to "
+          f"{out / 'predictions.json'}")
+    if failed:
+        raise CliError(f"{failed} of {len(paths)} images could not be read (see above)")
+    return 0
+
+
+SHAPES_EXAMPLES = """examples:
+  maskrcnn shapes --out data/shapes
+  maskrcnn shapes --out data/shapes_small --train 64 --val 16 --size 128 --seed 1
+writes DIR/train.json, DIR/val.json (COCO instance segmentation) and DIR/images/*.png."""
+
+TRAIN_EXAMPLES = """examples:
+  maskrcnn train --train-json data/shapes/train.json --train-images data/shapes/images \\
+      --val-json data/shapes/val.json --val-images data/shapes/images --out runs/shapes \\
+      --preset small --minutes 10
+  maskrcnn train ... --out runs/shapes --resume            # continue after an interruption
+  maskrcnn train ... --config my_run.yaml --epochs 12 --set lr=0.01 batch_size=4
+  maskrcnn train ... --set backbone.pretrained=resnet18-f37072fd.pth   # ImageNet body
+  torchrun --nproc_per_node 4 -m maskrcnn train ...          # DistributedDataParallel
+--set keys: TrainConfig fields (lr, batch_size, schedule, warmup_iters, clip_grad_norm,
+amp, accumulate, eval_period, checkpoint_period, ...; also as train.<key>) and model
+paths (backbone.depth, input.min_size_train, roi_heads.detections_per_image, ...; also
+as model.<path>). Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/checkpoints/,
+RUN/eval/ (final validation) and RUN/model_final.pt. See docs/training.md."""
+
+EVAL_EXAMPLES = """examples:
+  maskrcnn eval --weights runs/shapes/model_final.pt --json data/shapes/val.json \\
+      --images data/shapes/images --out runs/shapes/eval
+  maskrcnn eval --predictions results.json --json instances_val2017.json --out eval/
+writes DIR/metrics.json ({"bbox": {"AP", "AP50", ...}, "segm": {...}, "per_class": ...} on
+the 0-1 scale), DIR/predictions.json (COCO results; not with --predictions) and precision-
+recall plots DIR/pr_bbox.png, DIR/pr_segm.png."""
+
+DEMO_EXAMPLES = """examples:
+  maskrcnn demo --out runs/demo                 # about 10 minutes on 2 CPU cores
+  maskrcnn demo --out runs/quick --minutes 2    # a shorter (less accurate) run
+writes RUN/data/ (the shapes dataset), RUN/train/ (the training run), RUN/eval/ and
+RUN/overlays/*.png (validation images with the predicted masks)."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, reported as one line."""
+    from .data.coco_records import DatasetError
+    from .data.images import ImageError
+    from .engine.trainer import TrainingError
+    from .io.weights import WeightsError
+
+    return CliError, WeightsError, DatasetError, ImageError, TrainingError
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from .data.shapes import write_shapes_dataset
+
+    for name in ("train", "val", "size"):
+        if getattr(args, name) < (8 if name == "size" else 0):
+            raise CliError(f"--{name} is too small: {getattr(args, name)}")
+    info = write_shapes_dataset(args.out, num_train=args.train, num_val=args.val,
+                                image_size=args.size, seed=args.seed)
+    for split in ("train", "val"):
+        print(f"{info[f'{split}_json']}: {info['num_images'][split]} images, "
+              f"{info['num_annotations'][split]} objects")
+    print(f"images in {info['images_dir']}; classes: {', '.join(info['class_names'][1:])}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    """The run config: RUN/config.yaml when resuming, else preset / --config; then the
+    command-line limits and flags, then --set."""
+    from .engine.train_config import RunConfig, apply_overrides, load_run_config
+
+    saved = Path(args.out) / "config.yaml"
+    try:
+        if args.resume and saved.is_file():
+            if args.preset or args.config:
+                print(f"maskrcnn: note: resuming with {saved}; --preset/--config ignored",
+                      file=sys.stderr)
+            run = load_run_config(saved)
+        elif args.config:
+            run = load_run_config(args.config)
+        else:
+            from .config import preset
+
+            run = RunConfig(model=preset(args.preset or "small"))
+        train = run.train
+        if args.iters is not None or args.epochs is not None or args.minutes is not None:
+            train.max_iters = args.iters or 0
+            train.epochs = args.epochs or 0.0
+            train.minutes = args.minutes or 0.0
+        for flag, key in (("batch_size", "batch_size"), ("lr", "lr"), ("workers", "num_workers"),
+                          ("device", "device"), ("eval_period", "eval_period"),
+                          ("seed", "seed")):
+            if getattr(args, flag) is not None:
+                setattr(train, key, getattr(args, flag))
+        apply_overrides(run, args.set or [])
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    _check_train_config(run.train)
+    return run
+
+
+def _check_train_config(train) -> None:
+    from .engine.train_state import resolve_limits
+
+    try:
+        resolve_limits(train, 1)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    checks = [
+        (train.batch_size >= 1, "batch_size must be >= 1"),
+        (train.accumulate >= 1, "accumulate must be >= 1"),
+        (train.lr > 0, "lr must be > 0"),
+        (train.num_workers >= 0, "num_workers must be >= 0"),
+        (train.schedule in ("step", "cosine", "constant"),
+         f"schedule must be step, cosine or constant, not {train.schedule!r}"),
+        (train.amp_dtype in ("bfloat16", "float16"), "amp_dtype must be bfloat16 or float16"),
+        (train.log_period >= 1, "log_period must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise CliError(message)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import DataPaths, train
+
+    if bool(args.val_json) != bool(args.val_images):
+        raise CliError("give --val-json and --val-images together")
+    run = _run_config(args)
+    out = Path(args.out)
+    ckpt_dir = out / "checkpoints"
+    if not args.resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("ckpt_*.pt")):
+        raise CliError(f"{out} already holds a run: add --resume to continue it, or choose "
+                       "another --out")
+    data = DataPaths(args.train_json, args.train_images, args.val_json, args.val_images)
+    train(run, data, str(out), resume=args.resume)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.evaluator import coco_evaluate, format_metrics_table
+
+    out = Path(args.out)
+    if args.predictions:
+        if args.weights or args.images:
+            raise CliError("--predictions takes precomputed results: no --weights/--images")
+        if not Path(args.predictions).is_file():
+            raise CliError(f"{args.predictions}: results file not found")
+        metrics = _evaluate_json(coco_evaluate, args.json, args.predictions, out)
+    else:
+        if not args.weights or not args.images:
+            raise CliError("give --weights and --images (or --predictions FILE)")
+        metrics = _evaluate_weights(args, out)
+        if metrics is None:  # not rank 0 of a distributed evaluation
+            return 0
+    print(format_metrics_table(metrics))
+    written = [out / "metrics.json"]
+    if not args.predictions:
+        written.append(out / "predictions.json")
+    written += [out / f"pr_{t}.png" for t in ("bbox", "segm") if t in metrics]
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _evaluate_json(coco_evaluate, gt_json: str, results: str, out: Path):
+    if not Path(gt_json).is_file():
+        raise CliError(f"{gt_json}: annotation file not found")
+    try:
+        return coco_evaluate(gt_json, results, out_dir=out)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CliError(f"cannot evaluate {results} against {gt_json}: "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                       ) from None
+
+
+def _evaluate_weights(args: argparse.Namespace, out: Path):
+    from .engine import distributed as dist
+    from .engine.inference import evaluate_model
+    from .engine.train_data import load_eval_dataset
+    from .io.coco_results import write_results_json
+    from .io.weights import load_model
+
+    device = dist.init_distributed(args.device)
+    try:
+        main_rank = dist.is_main_process()
+        _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=main_rank,
+                                       name="eval")
+        model = load_model(args.weights, device=device)
+        if args.score_thresh is not None:
+            model.cfg.roi_heads.score_thresh = args.score_thresh
+        metrics, results = evaluate_model(
+            model, dataset, args.json, label_to_category_id=model.cfg.category_ids or None,
+            batch_size=args.batch_size, num_workers=args.workers, out_dir=out,
+            max_dets=model.cfg.roi_heads.detections_per_image,
+        )
+        if not main_rank:
+            return None
+        write_results_json(results, out / "predictions.json")
+        print(f"{len(results)} detections in {metrics['seconds']:.1f} s")
+        return metrics
+    finally:
+        dist.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, num_train=args.train, num_val=args.val,
+             image_size=args.size, device=args.device)
+    return 0
+
+
+def _add_train_parser(commands) -> None:
+    p = commands.add_parser(
+        "train", help="train on a COCO-format dataset", epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train Mask R-CNN (SGD, warmup, step/cosine schedule, checkpoints, "
+                    "validation, resume; DistributedDataParallel under torchrun).",
+    )
+    p.add_argument("--train-json", required=True, help="COCO instances JSON of the training set")
+    p.add_argument("--train-images", required=True, help="folder of the training images")
+    p.add_argument("--val-json", help="COCO JSON of the validation set (optional)")
+    p.add_argument("--val-images", help="folder of the validation images")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--preset", help="model preset (default small): small, r50_fpn, "
+                                       "torchvision_r50_fpn, detectron2_r50_fpn")
+    base.add_argument("--config", help="run config YAML (model: and train: sections)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, help="optimizer steps")
+    length.add_argument("--epochs", type=float, help="passes over the training set")
+    length.add_argument("--minutes", type=float, help="training time budget")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN from its newest usable checkpoint")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. lr=0.01 backbone.depth=50")
+    p.add_argument("--batch-size", type=int, help="images per batch and process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--workers", type=int, help="data loading processes (0: none)")
+    p.add_argument("--eval-period", type=int, help="iterations between validations")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval_parser(commands) -> None:
+    p = commands.add_parser(
+        "eval", help="COCO AP (box and mask) of weights or of precomputed results",
+        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", required=True, help="ground truth: COCO instances JSON")
+    p.add_argument("--weights", help="model weights (our checkpoint or torchvision's)")
+    p.add_argument("--images", help="folder of the images of --json")
+    p.add_argument("--predictions", help="COCO results JSON to evaluate instead of a model")
+    p.add_argument("--out", default="eval", help="output folder (default: eval)")
+    p.add_argument("--score-thresh", type=float, help="model score threshold (default: the "
+                                                      "model's, 0.05)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_small_parsers(commands) -> None:
+    p = commands.add_parser(
+        "shapes", help="write the synthetic shapes dataset (COCO JSON + PNG)",
+        epilog=SHAPES_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--train", type=int, default=200, help="training images (default 200)")
+    p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_shapes)
+
+    p = commands.add_parser(
+        "demo", help="shapes dataset -> train the small preset -> evaluate -> overlays",
+        epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", metavar="RUN", help="folder (runs/demo)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time (default 8)")
+    p.add_argument("--train", type=int, default=300, help="training images (default 300)")
+    p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    p.add_argument("--size", type=int, default=192, help="image side (default 192)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskrcnn", description="Mask R-CNN: train, evaluate and predict.",
+        epilog="run `maskrcnn COMMAND --help` for the options and examples of each command",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_small_parsers(commands)
+    _add_train_parser(commands)
+    _add_eval_parser(commands)
+
+    p = commands.add_parser(
+        "predict",
+        help="detect and segment objects in images",
+        epilog=PREDICT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--weights", required=True, help="our checkpoint or a torchvision state_dict")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--score-thresh", type=float, default=0.05,
+                   help="keep detections above this score (default 0.05)")
+    p.add_argument("--vis-thresh", type=float, default=0.5,
+                   help="draw detections above this score (default 0.5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"maskrcnn: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("maskrcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""The training loop: SGD steps, logging, periodic validation, checkpoints and resuming.
+
+`train(run, data, out_dir)` runs on one process, or on every process of a torchrun job
+(DistributedDataParallel; rank 0 logs and writes files). It writes RUN/config.yaml,
+RUN/metrics.jsonl, RUN/checkpoints/ckpt_<iter>.pt, RUN/eval/ (final validation) and
+RUN/model_final.pt. A resumed run (resume=True) restores model, optimizer, grad scaler,
+data position and every rank's RNG state from the newest usable checkpoint, so it follows
+the same loss curve as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import config_to_dict
+from ..data.loader import build_loader
+from ..io.weights import load_state_dict_checked, save_model
+from ..modeling import build_model
+from . import distributed as dist
+from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from .inference import evaluate_model
+from .run_log import MetricsWriter, ProgressPrinter, format_seconds
+from .solver import build_optimizer, lr_factor, set_lr
+from .train_config import RunConfig, save_run_config
+from .train_data import load_eval_dataset, load_train_dataset, warn
+from .train_state import TrainState, Window, batch_to_device, format_val, resolve_limits
+
+__all__ = ["DataPaths", "TrainingError", "train"]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged loss, nothing to train on); one-line message."""
+
+
+@dataclass
+class DataPaths:
+    train_json: str
+    train_images: str
+    val_json: str | None = None
+    val_images: str | None = None
+
+
+def train(run: RunConfig, data: DataPaths, out_dir: str, *, resume: bool = False
+          ) -> dict[str, Any]:
+    """Train (see the module docstring). Returns {"iteration", "weights", "metrics",
+    "seconds"} (metrics of the final validation, or None without a validation set)."""
+    device = dist.init_distributed(run.train.device)
+    try:
+        return Trainer(run, data, Path(out_dir), device, resume).run()
+    finally:
+        dist.cleanup()
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, data: DataPaths, out: Path, device: torch.device,
+                 resume: bool) -> None:
+        self.main = dist.is_main_process()
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.run_cfg = dist.broadcast_object(run)
+        self.cfg = self.run_cfg.train
+        self.out, self.device, self.data = out, device, data
+        self._load_data()
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_run_config(self.run_cfg, out / "config.yaml")
+        self.printer = ProgressPrinter(self.main, self.cfg.log_period)
+        self.writer = MetricsWriter(out, enabled=self.main)
+        self.checkpoints = CheckpointManager(out / "checkpoints", self.cfg.keep_checkpoints)
+        self.state = TrainState()
+        self._build_model(resume)
+        self._build_loader()
+        self.limit_iters, self.budget = resolve_limits(self.cfg, len(self.loader.batch_sampler)
+                                                       + self.state.batch_in_epoch)
+        self.window = Window()
+        self.last_checkpoint: Path | None = None
+        self.metrics: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- setup
+    def _load_data(self) -> None:
+        cfg, data = self.cfg, self.data
+        self.train_coco, self.train_set = load_train_dataset(
+            data.train_json, data.train_images, hflip=cfg.hflip, keep_empty=cfg.keep_empty,
+            check_images=True, verbose=self.main,
+        )
+        model_cfg = self.run_cfg.model
+        model_cfg.roi_heads.num_classes = self.train_coco.num_classes
+        model_cfg.class_names = tuple(self.train_coco.class_names)
+        model_cfg.category_ids = (0, *self.train_coco.category_ids)
+        self.val_set = None
+        if data.val_json:
+            _, self.val_set = load_eval_dataset(data.val_json, data.val_images or "",
+                                                verbose=self.main)
+
+    def _build_model(self, resume: bool) -> None:
+        model_cfg = copy.deepcopy(self.run_cfg.model)
+        if resume:
+            model_cfg.backbone.pretrained = None  # the checkpoint holds the weights
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(model_cfg).to(self.device)
+        self.model.cfg.backbone.pretrained = None  # saved files must not need the file
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        amp_dtype = torch.bfloat16
+        if self.cfg.amp_dtype == "float16" and self.device.type == "cuda":
+            amp_dtype = torch.float16
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.cfg.amp and amp_dtype == torch.float16
+        )
+        torch.manual_seed(self.cfg.seed * 1_000_003 + 7919 * (self.rank + 1))
+        if resume:
+            self._resume()
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=self.cfg.find_unused_parameters,
+            )
+
+    def _resume(self) -> None:
+        found = None
+        if self.main:
+            found = self.checkpoints.load_latest(check=self._load_checkpoint)
+        found = dist.broadcast_object(found)
+        if found is None:
+            self.printer.message(f"no checkpoint in {self.checkpoints.directory}: "
+                                 "starting from scratch")
+            return
+        path, data = found
+        if not self.main:
+            self._load_checkpoint(data)
+        self.last_checkpoint = path
+        self.writer.truncate_after(self.state.iteration)
+        self.printer.message(f"resumed from {path} at iteration {self.state.iteration}")
+
+    def _load_checkpoint(self, data: dict[str, Any]) -> None:
+        """Model, optimizer, scaler, position and RNG from a checkpoint's contents."""
+        trainer = data["trainer"]
+        load_state_dict_checked(self.model, data["model"], "checkpoint")
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scaler.load_state_dict(trainer["scaler"])
+        self.state = TrainState.from_dict(trainer)
+        rng = trainer.get("rng") or []
+        if len(rng) == self.world:
+            restore_rng_state(rng[self.rank])
+        else:
+            warn(f"checkpoint was written by {len(rng)} process(es), this run has "
+                 f"{self.world}: random streams restart, the curve will differ")
+
+    def _build_loader(self) -> None:
+        self.loader = build_loader(
+            self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
+            num_workers=self.cfg.num_workers, seed=self.cfg.seed, epoch=self.state.epoch,
+            distributed=self.world > 1, rank=self.rank, world_size=self.world,
+            start_iter=self.state.batch_in_epoch, persistent_workers=True,
+        )
+        self._iter = None
+
+    # ---------------------------------------------------------------- data
+    def _next_batch(self) -> tuple[list, list]:
+        """The next batch of readable images (epochs roll over; unreadable files are
+        dropped with a warning)."""
+        while True:
+            if self._iter is None:
+                rng = torch.get_rng_state()  # iter() draws a worker seed: keep our stream
+                self._iter = iter(self.loader)
+                torch.set_rng_state(rng)
+            try:
+                images, targets, metas = next(self._iter)
+            except StopIteration:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                self.loader.batch_sampler.set_epoch(self.state.epoch, 0)
+                self._iter = None
+                continue
+            self.state.batch_in_epoch += 1
+            for meta in metas:
+                if "error" in meta:
+                    self.state.skipped_images += 1
+                    warn(f"skipping unreadable training image: {meta['error']}")
+            keep = [i for i, image in enumerate(images) if image is not None]
+            if keep:
+                return [images[i] for i in keep], [targets[i] for i in keep]
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._announce()
+        while not self._done():
+            self._step()
+            self._after_step()
+        self._finish()
+        self.writer.close()
+        return {"iteration": self.state.iteration, "weights": str(self.out / "model_final.pt"),
+                "metrics": self.metrics, "seconds": time.perf_counter() - start}
+
+    def _announce(self) -> None:
+        per_epoch = len(self.loader.batch_sampler) + self.state.batch_in_epoch
+        limits = []
+        if self.limit_iters:
+            limits.append(f"{self.limit_iters} iterations")
+        if self.budget:
+            limits.append(f"{format_seconds(self.budget)} of training time")
+        self.printer.message(
+            f"training on {self.device} x{self.world}: {len(self.train_set)} images, "
+            f"{per_epoch} batches of {self.cfg.batch_size} per epoch and process; "
+            f"stops after {' or '.join(limits)}; writing to {self.out}"
+        )
+        self.session_start = time.perf_counter()
+        self.elapsed_before = self.state.elapsed
+
+    def _done(self) -> bool:
+        if self.limit_iters and self.state.iteration >= self.limit_iters:
+            return True
+        return bool(self.budget) and self.state.elapsed >= self.budget
+
+    def _progress(self) -> float:
+        fractions = [0.0]
+        if self.limit_iters:
+            fractions.append(self.state.iteration / self.limit_iters)
+        if self.budget:
+            fractions.append(self.state.elapsed / self.budget)
+        return max(fractions)
+
+    def _step(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.model.train()
+        lr = cfg.lr * lr_factor(cfg, state.iteration, self._progress())
+        set_lr(self.optimizer, lr)
+        step_start = time.perf_counter()
+        total, data_time = None, 0.0
+        for micro in range(cfg.accumulate):
+            data_start = time.perf_counter()
+            images, targets = batch_to_device(*self._next_batch(), self.device)
+            data_time += time.perf_counter() - data_start
+            sync = (self.ddp.no_sync() if self.ddp is not self.model and micro < cfg.accumulate - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+                    losses = self.ddp(images, targets)
+                loss = sum(losses.values())
+                if state.iteration == cfg.debug_nan_at:
+                    loss = loss * float("nan")
+                self.scaler.scale(loss / cfg.accumulate).backward()
+            values = torch.stack([loss.detach().float()]
+                                 + [v.detach().float() for v in losses.values()]) / cfg.accumulate
+            total = values if total is None else total + values
+        elapsed = self.elapsed_before + time.perf_counter() - self.session_start
+        packed = dist.all_reduce_mean(torch.cat([total, total.new_tensor([elapsed])]))
+        names = ["loss", *losses]
+        reduced = dict(zip(names, packed[:-1].tolist()))
+        if not all(math.isfinite(v) for v in reduced.values()):
+            self._diverged(reduced)
+        if cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.iteration += 1
+        state.elapsed = float(packed[-1])
+        self.window.add(reduced, lr, time.perf_counter() - step_start, data_time)
+
+    def _diverged(self, losses: dict[str, float]) -> None:
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if not math.isfinite(v))
+        last = self.last_checkpoint or "none yet"
+        raise TrainingError(
+            f"loss is not finite at iteration {self.state.iteration + 1} ({bad}); stopped. "
+            f"Last good checkpoint: {last}. Lower the learning rate (--set lr=...), lengthen "
+            "the warmup (--set warmup_iters=...) or clip gradients (--set clip_grad_norm=1), "
+            "then continue with --resume"
+        )
+
+    def _after_step(self) -> None:
+        state, cfg = self.state, self.cfg
+        done = self._done()
+        if state.iteration % cfg.log_period == 0 or done:
+            self._log()
+        else:
+            self._progress_line(self.window.latest())
+        since_ckpt = state.elapsed - state.checkpoint_elapsed
+        if (done or state.iteration % max(cfg.checkpoint_period, 1) == 0
+                or (cfg.checkpoint_minutes > 0 and since_ckpt >= 60 * cfg.checkpoint_minutes)):
+            self._save_checkpoint()
+        since_eval = state.elapsed - state.eval_elapsed
+        if self.val_set is not None and not done and (
+            (cfg.eval_period > 0 and state.iteration % cfg.eval_period == 0)
+            or (cfg.eval_minutes > 0 and since_eval >= 60 * cfg.eval_minutes)
+        ):
+            self._validate(final=False)
+
+    def _eta(self, sec_per_iter: float) -> float:
+        remaining = [math.inf]
+        if self.limit_iters:
+            remaining.append((self.limit_iters - self.state.iteration) * sec_per_iter)
+        if self.budget:
+            remaining.append(self.budget - self.state.elapsed)
+        return max(min(remaining), 0.0)
+
+    def _progress_line(self, losses: dict[str, float]) -> None:
+        sec = self.window.sec_per_iter()
+        self.printer.update(self.state.iteration, self.limit_iters or None, losses,
+                            self.window.lr, sec, self._eta(sec))
+
+    def _log(self) -> None:
+        means = self.window.means()
+        sec = self.window.sec_per_iter()
+        self._progress_line(means)
+        self.writer.write({
+            "kind": "train", "iter": self.state.iteration, "epoch": self.state.epoch,
+            "lr": self.window.lr, **means, "sec_per_iter": sec,
+            "data_sec": self.window.data_sec(), "elapsed_sec": self.state.elapsed,
+            "eta_sec": self._eta(sec),
+        })
+        self.window = Window()
+
+    def _save_checkpoint(self) -> None:
+        if self.last_checkpoint is not None and \
+                self.last_checkpoint == self.checkpoints.path_for(self.state.iteration):
+            return
+        self.state.checkpoint_elapsed = self.state.elapsed
+        rng = dist.all_gather_object(capture_rng_state())
+        if self.main:
+            trainer_state = {
+                **self.state.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.world,
+                "train_config": config_to_dict(self.cfg),
+            }
+            self.checkpoints.save(self.model, trainer_state)
+        self.last_checkpoint = self.checkpoints.path_for(self.state.iteration)
+
+    def _validate(self, final: bool) -> None:
+        self.state.eval_elapsed = self.state.elapsed
+        out_dir = self.out / "eval" if final else None
+        metrics, results = evaluate_model(
+            self.model, self.val_set, self.data.val_json,
+            label_to_category_id=self.model.cfg.category_ids or None,
+            batch_size=self.cfg.batch_size, with_loss=True, out_dir=out_dir,
+            max_dets=self.model.cfg.roi_heads.detections_per_image,
+        )
+        if self.main:
+            from ..io.coco_results import write_results_json
+
+            if final:
+                write_results_json(results, self.out / "eval" / "predictions.json")
+            record, line = format_val(self.state.iteration, metrics)
+            self.writer.write(record)
+            self.printer.message(line)
+        self.metrics = metrics
+
+    def _finish(self) -> None:
+        self._save_checkpoint()
+        if self.val_set is not None:
+            self._validate(final=True)
+        if self.main:
+            extra: dict[str, Any] = {"iteration": self.state.iteration}
+            if self.metrics is not None:
+                extra["metrics"] = {k: self.metrics[k] for k in ("bbox", "segm")
+                                    if k in self.metrics}
+            save_model(self.model, self.out / "model_final.pt", **extra)
+            self.printer.message(
+                f"done: {self.state.iteration} iterations in "
+                f"{format_seconds(self.state.elapsed)}; weights: {self.out / 'model_final.pt'}"
+            )
+        dist.barrier()

@@ -1,0 +1,276 @@
+"""ResNet body + FPN backbone, frozen BatchNorm, BN folding and ImageNet weight loading.
+
+Key names match torchvision's ResNet (`conv1`, `bn1`, `layer1..layer4`, no `fc`), so a
+torchvision ImageNet checkpoint loads into `Backbone.body` as it is, and the body keys of
+torchvision's maskrcnn_resnet50_fpn (`backbone.body.*`) are ours unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from maskrcnn.config import BackboneConfig
+from maskrcnn.modeling.fpn import FPN
+
+BODY_NORMS = ("frozen_bn", "bn", "gn")
+_STAGES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (all buffers, no parameters).
+
+    y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, per channel.
+    State-dict keys are those of nn.BatchNorm2d; `num_batches_tracked` is ignored on load.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """Per-channel (scale, shift), each [C], such that y = x * scale + shift."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W], same dtype as x."""
+        scale, shift = self.scale_and_shift()
+        # [C] -> [1, C, 1, 1]
+        scale = scale.to(x.dtype).reshape(1, -1, 1, 1)
+        shift = shift.to(x.dtype).reshape(1, -1, 1, 1)
+        return x * scale + shift
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def _norm_factory(norm: str) -> Callable[[int], nn.Module]:
+    """Callable channels -> norm layer for a body norm name."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(32, channels)
+    raise ValueError(f"unknown backbone norm {norm!r}; choose one of {BODY_NORMS}")
+
+
+class ResNetBody(nn.Module):
+    """ResNet stem and stages 1-4 (torchvision's blocks and key names, no avgpool/fc).
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        norm: "frozen_bn", "bn" (trainable BatchNorm2d) or "gn" (GroupNorm with 32 groups).
+        trainable_layers: 0..5, how many of layer4, layer3, layer2, layer1, conv1 train
+            (torchvision's meaning; bn1 trains only with 5). Others get requires_grad False.
+        stride_in_1x1: put a bottleneck's stride in its 1x1 conv (MSRA/detectron2 weights)
+            instead of its 3x3 conv (torchvision).
+    forward: x [B, 3, H, W] -> [C2, C3, C4, C5] at strides 4, 8, 16, 32.
+    """
+
+    def __init__(self, depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 5,
+                 stride_in_1x1: bool = False) -> None:
+        super().__init__()
+        if depth not in _STAGES:
+            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_STAGES)}")
+        block, blocks_per_stage = _STAGES[depth]
+        norm_layer = _norm_factory(norm)
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_channels = 64
+        self.out_channels_list: list[int] = []
+        for index, num_blocks in enumerate(blocks_per_stage):
+            planes = 64 * 2**index
+            stage = _make_stage(block, in_channels, planes, num_blocks,
+                                stride=1 if index == 0 else 2, norm_layer=norm_layer,
+                                stride_in_1x1=stride_in_1x1)
+            self.add_module(f"layer{index + 1}", stage)
+            in_channels = planes * block.expansion
+            self.out_channels_list.append(in_channels)
+        self._init_weights()
+        freeze_body_layers(self, trainable_layers)
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def _make_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks: int,
+                stride: int, norm_layer: Callable[[int], nn.Module],
+                stride_in_1x1: bool) -> nn.Sequential:
+    """One ResNet stage; the first block subsamples by `stride` and projects if needed."""
+    out_channels = planes * block.expansion
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        downsample = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+            norm_layer(out_channels),
+        )
+    blocks = [block(in_channels, planes, stride=stride, downsample=downsample,
+                    norm_layer=norm_layer)]
+    if stride_in_1x1 and block is Bottleneck and stride != 1:
+        blocks[0].conv1.stride = (stride, stride)
+        blocks[0].conv2.stride = (1, 1)
+    blocks += [block(out_channels, planes, norm_layer=norm_layer) for _ in range(num_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def freeze_body_layers(body: nn.Module, trainable_layers: int) -> None:
+    """Set requires_grad as torchvision does: train the last `trainable_layers` of
+    (conv1, layer1, layer2, layer3, layer4); bn1 trains only when all 5 do."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for name, parameter in body.named_parameters():
+        parameter.requires_grad_(name.split(".")[0] in trainable)
+
+
+class Backbone(nn.Module):
+    """ResNet body + FPN. forward: x [B, 3, H, W] -> [P2, P3, P4, P5, P6], each
+    [B, out_channels, ceil(H / s), ceil(W / s)] for s in `strides`."""
+
+    strides: tuple[int, ...] = (4, 8, 16, 32, 64)
+
+    def __init__(self, body: ResNetBody, fpn: FPN) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.out_channels: int = fpn.out_channels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.fpn(self.body(x))
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    """Build the ResNet-FPN backbone of `cfg`; load ImageNet body weights if cfg.pretrained."""
+    body = ResNetBody(cfg.depth, cfg.norm, cfg.trainable_layers)
+    backbone = Backbone(body, FPN(body.out_channels_list, cfg.fpn_channels, cfg.fpn_norm))
+    if cfg.pretrained:
+        load_pretrained_body(backbone, cfg.pretrained)
+    return backbone
+
+
+@torch.no_grad()
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every FrozenBatchNorm2d that directly follows a Conv2d into that conv, in place.
+
+    Pairs are siblings named `convK` / `bnK` (ResNet stems and blocks) and consecutive
+    (Conv2d, FrozenBatchNorm2d) children of an nn.Sequential (`downsample.0` / `.1`).
+    The conv gains a bias if it had none; the BN becomes nn.Identity. Returns `module`.
+    """
+    for parent in list(module.modules()):
+        children = dict(parent.named_children())
+        names = list(children)
+        for position, name in enumerate(names):
+            bn = children[name]
+            if not isinstance(bn, FrozenBatchNorm2d):
+                continue
+            if isinstance(parent, nn.Sequential):
+                conv = children[names[position - 1]] if position > 0 else None
+            else:
+                conv = children.get("conv" + name[2:]) if name.startswith("bn") else None
+            if isinstance(conv, nn.Conv2d):
+                _fold_into_conv(conv, bn)
+                setattr(parent, name, nn.Identity())
+    return module
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
+    """conv.weight *= scale per output channel; conv.bias = bias * scale + shift (float64)."""
+    scale, shift = (t.double() for t in bn.scale_and_shift())
+    weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)  # [O] -> [O, 1, 1, 1]
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    conv.weight.copy_(weight.to(conv.weight.dtype))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype),
+                                 requires_grad=conv.weight.requires_grad)
+    else:
+        conv.bias.copy_(bias.to(conv.bias.dtype))
+
+
+def load_pretrained_body(backbone: Backbone, path_or_url: str) -> None:
+    """Load an ImageNet ResNet state_dict (torchvision layout; `fc.*` ignored) into the body.
+
+    `path_or_url`: a local file, or a URL fetched and cached by torch.hub.
+    Raises FileNotFoundError for a missing file and ValueError naming the file and the first
+    offending key when it is not a matching ResNet state_dict.
+    """
+    state = _read_checkpoint(path_or_url)
+    if isinstance(state, Mapping):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path_or_url}: not a state_dict of tensors (got {type(state)})")
+    state = {k: v for k, v in state.items()
+             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    expected = {k: v for k, v in backbone.body.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+    for key, value in expected.items():
+        if key not in state:
+            raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
+                             f"missing key {key!r}")
+        if state[key].shape != value.shape:
+            raise ValueError(f"{path_or_url}: shape mismatch at {key!r}: file has "
+                             f"{tuple(state[key].shape)}, model has {tuple(value.shape)}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
+                         f"unexpected key {unexpected[0]!r}")
+    backbone.body.load_state_dict(state, strict=False)
+
+
+def _read_checkpoint(path_or_url: str) -> object:
+    """torch.load a local file, or fetch a URL through torch.hub's cache (CPU, weights only)."""
+    if "://" in path_or_url:
+        kwargs: dict[str, object] = {"map_location": "cpu"}
+        if "weights_only" in inspect.signature(torch.hub.load_state_dict_from_url).parameters:
+            kwargs["weights_only"] = True
+        return torch.hub.load_state_dict_from_url(path_or_url, **kwargs)
+    if not os.path.isfile(path_or_url):
+        raise FileNotFoundError(f"pretrained weights not found: {path_or_url}")
+    try:
+        return torch.load(path_or_url, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise ValueError(f"{path_or_url}: cannot read as a PyTorch checkpoint: {err}") from err

@@ -1,0 +1,91 @@
+"""Feature Pyramid Network (Lin et al., CVPR 2017) with a max-pooled P6 (LastLevelMaxPool).
+
+Takes the ResNet stage outputs C2..C5 and returns P2..P6, all with `out_channels` channels,
+at strides 4, 8, 16, 32 and 64 of the input image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FPN_NORMS = ("none", "gn")
+
+
+class ConvNorm(nn.Conv2d):
+    """A Conv2d optionally followed by a normalisation layer held as attribute `norm`.
+
+    Being a Conv2d keeps the convolution's keys (`weight`, `bias`) the same with or without
+    a norm; the norm's parameters live under `norm.` (as in detectron2's FPN).
+    """
+
+    def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> ConvNorm:
+    """Conv with kaiming_uniform_(a=1) weights and zero bias; GroupNorm(32) and no bias if gn."""
+    use_gn = norm == "gn"
+    conv = ConvNorm(
+        in_channels,
+        out_channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        bias=not use_gn,
+        norm=nn.GroupNorm(32, out_channels) if use_gn else None,
+    )
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.constant_(conv.bias, 0.0)
+    return conv
+
+
+class FPN(nn.Module):
+    """Top-down pathway with lateral 1x1 convs and 3x3 output convs, plus P6 by max pooling.
+
+    Args:
+        in_channels_list: channels of C2..C5 (finest first).
+        out_channels: channels of every output level.
+        norm: "none" (convs with bias) or "gn" (GroupNorm(32) after each conv, no bias).
+    """
+
+    def __init__(self, in_channels_list: Sequence[int], out_channels: int,
+                 norm: str = "none") -> None:
+        super().__init__()
+        if norm not in FPN_NORMS:
+            raise ValueError(f"unknown FPN norm {norm!r}; choose one of {FPN_NORMS}")
+        if len(in_channels_list) == 0:
+            raise ValueError("FPN needs at least one input level")
+        self.in_channels_list = list(in_channels_list)
+        self.out_channels = out_channels
+        self.lateral_convs = nn.ModuleList(
+            _conv(c, out_channels, 1, norm) for c in self.in_channels_list
+        )
+        self.output_convs = nn.ModuleList(
+            _conv(out_channels, out_channels, 3, norm) for _ in self.in_channels_list
+        )
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """features: [C2..C5], each [B, C_i, H_i, W_i] -> [P2..P6], each [B, out, H_i, W_i]."""
+        if len(features) != len(self.lateral_convs):
+            raise ValueError(f"FPN expects {len(self.lateral_convs)} levels, got {len(features)}")
+        last = len(features) - 1
+        top_down = self.lateral_convs[last](features[last])
+        outputs = [self.output_convs[last](top_down)]
+        for level in range(last - 1, -1, -1):
+            lateral = self.lateral_convs[level](features[level])
+            upsampled = F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            top_down = lateral + upsampled
+            outputs.insert(0, self.output_convs[level](top_down))
+        # LastLevelMaxPool: P6 subsamples P5 by 2 (kernel 1, stride 2).
+        outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))
+        return outputs

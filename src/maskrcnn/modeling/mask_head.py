@@ -1,0 +1,105 @@
+"""Mask branch: a small FCN giving one m x m mask per class, decoupled from classification."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.roi_align import roi_align
+
+
+class MaskHead(nn.Module):
+    """`num_convs` 3x3 convs + ReLU, a 2x deconv + ReLU, and a 1x1 conv to K mask logits.
+
+    mask_loss "sigmoid" is the paper's per-pixel sigmoid on the ground-truth class's mask
+    only; "softmax" is the paper's ablation (a per-pixel softmax across classes).
+    class_agnostic predicts a single mask for every class (another ablation).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_convs: int,
+        num_classes: int,
+        class_agnostic: bool = False,
+        mask_loss: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if mask_loss not in ("sigmoid", "softmax"):
+            raise ValueError(f"mask_loss must be 'sigmoid' or 'softmax', got {mask_loss!r}")
+        if class_agnostic and mask_loss == "softmax":
+            raise ValueError("a class-agnostic mask cannot use a softmax across classes")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
+            for i in range(num_convs)
+        )
+        self.deconv = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        self.predictor = nn.Conv2d(channels, 1 if class_agnostic else num_classes, 1)
+        for layer in [*self.convs, self.deconv, self.predictor]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(layer.bias, 0)
+        self.class_agnostic = class_agnostic
+        self.mask_loss = mask_loss
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """[R, C, S, S] pooled features -> mask logits [R, K (or 1), 2S, 2S]."""
+        x = pooled
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.predictor(F.relu(self.deconv(x)))
+
+    def losses(
+        self,
+        mask_logits: Tensor,
+        mask_targets: Tensor,
+        labels: Tensor,
+    ) -> dict[str, Tensor]:
+        """Mean per-pixel loss over the positive RoIs.
+
+        mask_logits: [P, K, M, M]; mask_targets: [P, M, M] in [0, 1]; labels: [P] int64 >= 1.
+        """
+        if mask_targets.numel() == 0:
+            return {"loss_mask": mask_logits.sum() * 0}
+        if self.mask_loss == "softmax":
+            pixel_labels = torch.where(mask_targets >= 0.5, labels[:, None, None], 0)
+            return {"loss_mask": F.cross_entropy(mask_logits, pixel_labels)}
+        channel = torch.zeros_like(labels) if self.class_agnostic else labels
+        selected = mask_logits[torch.arange(labels.shape[0], device=labels.device), channel]
+        return {"loss_mask": F.binary_cross_entropy_with_logits(selected, mask_targets)}
+
+    def inference(self, mask_logits: Tensor, labels: Tensor) -> Tensor:
+        """Probabilities of each detection's predicted class: [D, K, M, M] -> [D, M, M]."""
+        if self.mask_loss == "softmax":
+            probs = mask_logits.softmax(dim=1)
+        else:
+            probs = mask_logits.sigmoid()
+        channel = torch.zeros_like(labels) if self.class_agnostic else labels
+        return probs[torch.arange(labels.shape[0], device=labels.device), channel]
+
+
+def mask_targets(
+    gt_masks_per_image: Sequence[Tensor],
+    proposals_per_image: Sequence[Tensor],
+    matched_idxs_per_image: Sequence[Tensor],
+    resolution: int,
+    aligned: bool,
+    binarize: bool,
+) -> Tensor:
+    """Crop each positive RoI's ground-truth mask with RoIAlign: [P, M, M] float.
+
+    gt_masks_per_image: [G_i, H, W]; proposals: [P_i, 4]; matched_idxs: [P_i] into G_i.
+    """
+    targets = []
+    for gt_masks, proposals, matched_idxs in zip(
+        gt_masks_per_image, proposals_per_image, matched_idxs_per_image
+    ):
+        rois = torch.cat([matched_idxs[:, None].to(proposals), proposals], dim=1)  # [P_i, 5]
+        masks = gt_masks[:, None].to(proposals)  # [G_i, 1, H, W]
+        cropped = roi_align(masks, rois, (resolution, resolution), 1.0, 0, aligned)[:, 0]
+        targets.append(cropped)
+    targets = torch.cat(targets)
+    return (targets >= 0.5).to(targets.dtype) if binarize else targets

@@ -1,0 +1,85 @@
+"""The whole model: backbone + FPN, RPN, RoI heads (box and mask in parallel)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..structures import Detections, Targets
+from .backbone import build_backbone
+from .roi_heads import RoIHeads
+from .rpn import RPN
+from .transform import InputTransform
+
+
+class MaskRCNN(nn.Module):
+    """Mask R-CNN (He et al., 2017).
+
+    Images are float RGB tensors [3, H, W] in [0, 1], each of any size. In training mode
+    `forward(images, targets)` returns the losses; in eval mode `forward(images)` returns
+    one `Detections` per image in original-image pixels. `compute_losses` works in either
+    mode (for validation loss).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transform = InputTransform(cfg.input)
+        self.backbone = build_backbone(cfg.backbone)
+        strides = self.backbone.strides
+        self.rpn = RPN(cfg.rpn, cfg.anchors, self.backbone.out_channels, strides)
+        pooled_scales = [1.0 / s for s in strides[:4]]  # RoIs are pooled from P2..P5
+        self.roi_heads = RoIHeads(cfg.roi_heads, self.backbone.out_channels, pooled_scales)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Targets] | None = None
+    ) -> dict[str, Tensor] | list[Detections]:
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets; call model.eval() to predict")
+            return self.compute_losses(images, targets)
+        return self.predict(images)
+
+    def compute_losses(
+        self, images: Sequence[Tensor], targets: Sequence[Targets]
+    ) -> dict[str, Tensor]:
+        """All losses: RPN objectness and box, then box classification, box and mask."""
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        image_list, targets = self.transform(images, targets, training=True)
+        features = self.backbone(image_list.tensors)
+        logits, deltas, anchors = self.rpn(features, image_list.tensors.shape[-2:])
+        proposals = self.rpn.inference(
+            logits, deltas, anchors, image_list.image_sizes, training=True
+        )
+        losses = self.rpn.losses(logits, deltas, anchors, [t.boxes for t in targets])
+        sampled = self.roi_heads.sample(proposals, targets)
+        losses.update(self.roi_heads.losses(features[:4], sampled, targets))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor], soft_masks: bool = False) -> list[Detections]:
+        """Detections per image; masks [D, H, W] bool, or float in [0, 1] if soft_masks."""
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, _ = self.transform(images, None, training=False)
+        features = self.backbone(image_list.tensors)
+        logits, deltas, anchors = self.rpn(features, image_list.tensors.shape[-2:])
+        proposals = self.rpn.inference(
+            logits, deltas, anchors, image_list.image_sizes, training=False
+        )
+        detections = self.roi_heads.inference(features[:4], proposals, image_list.image_sizes)
+        return self.transform.postprocess(
+            detections,
+            image_list.image_sizes,
+            original_sizes,
+            self.cfg.roi_heads.mask_threshold,
+            soft_masks=soft_masks,
+        )
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    """The one builder from a config to a model."""
+    return MaskRCNN(cfg)

@@ -1,0 +1,149 @@
+"""RoI heads: sample RoIs, pool them, run the box and mask branches in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import RoIHeadsConfig
+from ..ops.box_coder import BoxCoder
+from ..ops.boxes import box_iou
+from ..ops.matcher import Matcher
+from ..ops.sampler import BalancedSampler
+from ..structures import Detections, Targets
+from .box_head import BoxHead
+from .mask_head import MaskHead, mask_targets
+from .poolers import MultiLevelRoIAlign
+
+
+@dataclass
+class SampledRoIs:
+    """Training RoIs of each image with their ground truth.
+
+    proposals: [R_i, 4]; labels: [R_i] int64 (0 = background); matched_idxs: [R_i] into the
+    image's ground truth (0 for background); target_deltas: [R_i, 4].
+    """
+
+    proposals: list[Tensor]
+    labels: list[Tensor]
+    matched_idxs: list[Tensor]
+    target_deltas: list[Tensor]
+
+
+class RoIHeads(nn.Module):
+    def __init__(self, cfg: RoIHeadsConfig, in_channels: int, scales: Sequence[float]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pooler_args = dict(
+            scales=scales,
+            sampling_ratio=cfg.sampling_ratio,
+            aligned=cfg.aligned,
+            canonical_box_size=cfg.canonical_box_size,
+            canonical_level=cfg.canonical_level,
+        )
+        self.box_pooler = MultiLevelRoIAlign(cfg.box_pooler_resolution, **pooler_args)
+        self.mask_pooler = MultiLevelRoIAlign(cfg.mask_pooler_resolution, **pooler_args)
+        self.box_coder = BoxCoder(cfg.box_coder_weights)
+        self.box_head = BoxHead(
+            in_channels,
+            cfg.box_pooler_resolution,
+            cfg.representation_size,
+            cfg.num_classes,
+            self.box_coder,
+            cfg.smooth_l1_beta,
+        )
+        self.mask_head = MaskHead(
+            in_channels,
+            cfg.mask_head_channels,
+            cfg.mask_head_convs,
+            cfg.num_classes,
+            class_agnostic=cfg.class_agnostic_mask,
+            mask_loss=cfg.mask_loss,
+        )
+        self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh)
+        self.sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
+
+    def sample(self, proposals: Sequence[Tensor], targets: Sequence[Targets]) -> SampledRoIs:
+        """Add the ground-truth boxes to the proposals, match, and draw a balanced sample."""
+        proposals_out, labels, matched_idxs = [], [], []
+        for proposals_i, targets_i in zip(proposals, targets):
+            gt_boxes = targets_i.boxes.to(proposals_i.dtype)
+            proposals_i = torch.cat([proposals_i, gt_boxes])
+            matched = self.matcher(box_iou(gt_boxes, proposals_i))  # [R_i]
+            if gt_boxes.shape[0] == 0:
+                labels_i = torch.zeros_like(matched)
+            else:
+                labels_i = targets_i.labels[matched.clamp(min=0)].to(torch.int64)
+                labels_i[matched == Matcher.BELOW_LOW_THRESHOLD] = 0
+                labels_i[matched == Matcher.BETWEEN_THRESHOLDS] = -1
+            proposals_out.append(proposals_i)
+            labels.append(labels_i)
+            matched_idxs.append(matched.clamp(min=0))
+        positives, negatives = self.sampler(labels)
+        sampled = SampledRoIs([], [], [], [])
+        for i, targets_i in enumerate(targets):
+            keep = torch.where(positives[i] | negatives[i])[0]
+            proposals_i, matched_i = proposals_out[i][keep], matched_idxs[i][keep]
+            gt_boxes = targets_i.boxes.to(proposals_i.dtype)
+            if gt_boxes.shape[0] == 0:
+                gt_boxes = proposals_i.new_zeros((1, 4))
+            sampled.proposals.append(proposals_i)
+            sampled.labels.append(labels[i][keep])
+            sampled.matched_idxs.append(matched_i)
+            sampled.target_deltas.append(self.box_coder.encode(gt_boxes[matched_i], proposals_i))
+        return sampled
+
+    def losses(
+        self, features: Sequence[Tensor], sampled: SampledRoIs, targets: Sequence[Targets]
+    ) -> dict[str, Tensor]:
+        """Box losses on all sampled RoIs, mask loss on the positive ones."""
+        pooled = self.box_pooler(features, sampled.proposals)
+        class_logits, box_deltas = self.box_head(pooled)
+        labels = torch.cat(sampled.labels)
+        losses = self.box_head.losses(
+            class_logits, box_deltas, labels, torch.cat(sampled.target_deltas)
+        )
+        if any(t.masks is None for t in targets):
+            return losses
+        positive = [torch.where(labels_i > 0)[0] for labels_i in sampled.labels]
+        positive_proposals = [p[k] for p, k in zip(sampled.proposals, positive)]
+        positive_matched = [m[k] for m, k in zip(sampled.matched_idxs, positive)]
+        mask_logits = self.mask_head(self.mask_pooler(features, positive_proposals))
+        targets_masks = mask_targets(
+            [t.masks for t in targets],
+            positive_proposals,
+            positive_matched,
+            mask_logits.shape[-1],
+            aligned=self.cfg.aligned,
+            binarize=self.cfg.binarize_mask_targets,
+        )
+        losses.update(self.mask_head.losses(mask_logits, targets_masks, labels[labels > 0]))
+        return losses
+
+    def inference(
+        self,
+        features: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[Detections]:
+        """Detections with [D, M, M] mask probabilities (not yet pasted) in `masks`."""
+        cfg = self.cfg
+        class_logits, box_deltas = self.box_head(self.box_pooler(features, proposals))
+        detections = self.box_head.inference(
+            class_logits,
+            box_deltas,
+            proposals,
+            image_sizes,
+            cfg.score_thresh,
+            cfg.nms_thresh,
+            cfg.detections_per_image,
+        )
+        mask_logits = self.mask_head(self.mask_pooler(features, [d.boxes for d in detections]))
+        labels = torch.cat([d.labels for d in detections])
+        mask_probs = self.mask_head.inference(mask_logits, labels)
+        for det, probs in zip(detections, mask_probs.split([len(d) for d in detections])):
+            det.masks = probs
+        return detections

@@ -1,0 +1,380 @@
+"""RoIAlign (He et al. 2017, sec. 3): bilinear sampling of RoI bins, no quantisation.
+
+Every RoI bin is a fixed linear combination of feature-map pixels (the bilinear weights of
+its sample points over the number of samples), so the whole op is one sparse product
+``out[K*oh*ow, C] = S[K*oh*ow, N*H*W] @ F[N*H*W, C]`` with F the channels-last feature map.
+The weights are separable: a bin's weight on pixel (y, x) is ``a(y) * b(x)``, where ``a``
+sums the y-taps of the bin's sample rows and ``b`` the x-taps of its sample columns. We build
+``a`` and ``b`` per bin (merging taps that hit the same pixel row or column, so a bin of 2x2
+samples spanning 1.5 pixels costs 3x3 entries, not 16), take their outer products as CSR rows
+(adaptive sampling just gives rows of different lengths), multiply in the sparse BLAS, and
+backpropagate with ``S^T @ grad``. All of it is vectorised over RoIs. Results match
+torchvision.ops.roi_align.
+
+Several feature levels (FPN) are one product too: the rows of all levels are stacked and
+each RoI's weights point into its own level (``roi_align_levels``), so the pooled RoIs come
+out in their input order with no gather or scatter afterwards.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["roi_align", "roi_align_levels", "boxes_to_rois"]
+
+# Non-zeros of one sparse block: bounds memory when adaptive sampling meets huge RoIs.
+_MAX_NNZ_PER_BLOCK = 1 << 22
+
+
+def boxes_to_rois(boxes: Tensor | list[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """Per-image list of [L_i, 4] xyxy boxes (or a [K, 5] tensor) -> [K, 5] (batch idx, xyxy)."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"boxes tensor must be [K, 5], got {tuple(boxes.shape)}")
+        return boxes if dtype is None else boxes.to(dtype)
+    if len(boxes) == 0:
+        raise ValueError("boxes list is empty: give one (possibly empty) tensor per image")
+    dtype = dtype or boxes[0].dtype
+    cat = torch.cat([b.to(dtype).reshape(-1, 4) for b in boxes], dim=0)  # [K, 4]
+    counts = torch.tensor([b.shape[0] for b in boxes], device=cat.device)
+    batch_idx = torch.repeat_interleave(torch.arange(len(boxes), device=cat.device), counts)
+    return torch.cat([batch_idx.to(dtype)[:, None], cat], dim=1)  # [K, 5]
+
+
+def _take(values: Tensor, index: Tensor) -> Tensor:
+    """values[index] for 1-D tensors (index_select is several times faster than indexing)."""
+    return values.index_select(0, index)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+def _roi_geometry(
+    rois: Tensor, out_hw: tuple[int, int], scale: Tensor, sampling_ratio: int, aligned: bool
+) -> tuple[Tensor, ...]:
+    """Per-RoI start, bin size and samples per bin, in feature-map pixels. scale: [K].
+
+    Returns y1, x1, bin_h, bin_w ([K], rois' dtype) and grid_h, grid_w ([K] int64, >= 0).
+    """
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * scale - offset
+    y1 = rois[:, 2] * scale - offset
+    roi_w = rois[:, 3] * scale - offset - x1
+    roi_h = rois[:, 4] * scale - offset - y1
+    if not aligned:  # legacy behaviour: RoIs are at least one pixel wide
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / out_hw[0]
+    bin_w = roi_w / out_hw[1]
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(bin_h, sampling_ratio, dtype=torch.int64)
+        grid_w = grid_h
+    else:  # adaptive: ceil(roi_size / output_size) samples per bin and axis
+        grid_h = torch.ceil(bin_h).to(torch.int64).clamp(min=0)
+        grid_w = torch.ceil(bin_w).to(torch.int64).clamp(min=0)
+    return y1, x1, bin_h, bin_w, grid_h, grid_w
+
+
+def _axis_taps(
+    start: Tensor, bin_size: Tensor, grid: Tensor, n_bins: int, length: Tensor, gain: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bilinear taps along one axis for every (RoI, bin), merged per pixel.
+
+    start, bin_size, gain: [K] float; grid, length: [K] int64 samples per bin and map size.
+    A sample at c reads 0 if c < -1 or c > length, else is clamped to [0, length - 1].
+    Returns counts [K*n_bins] (taps per bin), segment [E] (bin of each tap), pos [E] int64
+    pixel and weight [E] (times the RoI's gain); taps are grouped by bin, in increasing
+    pos, zero weights dropped.
+    """
+    dev, dt = start.device, start.dtype
+    per_roi = grid * n_bins  # [K]
+    roi = torch.repeat_interleave(torch.arange(start.shape[0], device=dev), per_roi)  # [T]
+    first_sample = torch.cumsum(per_roi, 0) - per_roi  # [K]
+    local = torch.arange(roi.shape[0], device=dev) - _take(first_sample, roi)
+    g = _take(grid, roi)
+    p = local // g  # bin index
+    i = local - p * g  # sample index inside the bin
+    b = _take(bin_size, roi)
+    # Same operation order as the reference kernels: start + p*bin + (i + .5)*bin / grid.
+    c = _take(start, roi) + p.to(dt) * b + (i.to(dt) + 0.5) * b / g.to(dt)
+    last = _take(length, roi) - 1
+    inside = ((c >= -1.0) & (c <= last + 1)).to(dt) * _take(gain, roi)
+    c = c.clamp(min=0.0)
+    low = torch.minimum(c.to(torch.int64), last)
+    frac = (c - low.to(dt)) * (low < last)  # 0 on the last row
+    high = torch.minimum(low + 1, last)
+    return _merge_taps(roi * n_bins + p, start.shape[0] * n_bins, low, high, frac, inside)
+
+
+def _merge_taps(
+    seg: Tensor, n_seg: int, low: Tensor, high: Tensor, frac: Tensor, inside: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sum the (low, 1-frac) and (high, frac) taps of each segment per pixel; see _axis_taps."""
+    first = torch.zeros(n_seg, dtype=torch.int64, device=seg.device)
+    first = first.scatter_reduce(0, seg, low, "amin", include_self=False)  # [S]
+    base = _take(first, seg)
+    span = int((high - base).max()) + 1 if seg.numel() else 1
+    buf = frac.new_zeros(n_seg * span)
+    buf.index_add_(0, seg * span + (low - base), (1.0 - frac) * inside)
+    buf.index_add_(0, seg * span + (high - base), frac * inside)
+    keep = buf != 0  # [S * span]: weight by segment and offset from its first pixel
+    flat_nz = keep.nonzero().squeeze(1)  # increasing: grouped by segment
+    seg_nz = flat_nz // span
+    pos = _take(first, seg_nz) + (flat_nz - seg_nz * span)
+    return keep.view(n_seg, span).sum(1), seg_nz, pos, _take(buf, flat_nz)
+
+
+def _csr(row_lengths: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
+    """CSR matrix from entries already sorted by row. row_lengths: [R] int64."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=cols.device)
+    torch.cumsum(row_lengths, 0, out=crow[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+
+
+def _outer_rows(
+    taps_y: tuple[Tensor, ...], taps_x: tuple[Tensor, ...], out_hw: tuple[int, int],
+    r0: int, r1: int, n_cols: int,
+) -> Tensor:
+    """CSR block of S for RoIs r0..r1-1: row (r, py, px) = outer(a[r, py], b[r, px]).
+
+    taps_*: (counts [K*n], index of the first tap [K*n], column part [E], weight [E]) per
+    axis; the column of an entry is y part (image offset + y * W) + x part (x).
+    """
+    (cy, fy, col_y, wy), (cx, fx, col_x, wx) = taps_y, taps_x
+    (oh, ow), k = out_hw, r1 - r0
+    na = cy[r0 * oh : r1 * oh].view(k, oh, 1)
+    nb = cx[r0 * ow : r1 * ow].view(k, 1, ow)
+    row_nnz = (na * nb).flatten()  # [k, oh, ow] -> [R]
+    nb_row = nb.expand(k, oh, ow).flatten()  # [R]
+    fa_row = fy[r0 * oh : r1 * oh].view(k, oh, 1).expand(k, oh, ow).flatten()  # [R]
+    fb_row = fx[r0 * ow : r1 * ow].view(k, 1, ow).expand(k, oh, ow).flatten()  # [R]
+    dev = cy.device
+    q = torch.repeat_interleave(torch.arange(row_nnz.shape[0], device=dev), row_nnz)  # [E]
+    local = torch.arange(q.shape[0], device=dev) - _take(torch.cumsum(row_nnz, 0) - row_nnz, q)
+    nb_q = _take(nb_row, q)
+    i = local // nb_q
+    ia = _take(fa_row, q) + i  # y tap of each entry
+    ib = _take(fb_row, q) + (local - i * nb_q)  # x tap of each entry
+    cols = _take(col_y, ia) + _take(col_x, ib)
+    return _csr(row_nnz, cols, _take(wy, ia) * _take(wx, ib), (row_nnz.shape[0], n_cols))
+
+
+def _blocks(nnz_per_roi: Tensor, budget: int) -> list[tuple[int, int]]:
+    """Split RoIs 0..K-1 into consecutive ranges of about budget non-zeros: a range holds
+    the RoIs whose cumulative count ends in the same multiple of budget (so at most budget
+    plus one RoI's non-zeros)."""
+    k = nnz_per_roi.shape[0]
+    if k == 0 or int(nnz_per_roi.sum()) <= budget:
+        return [(0, k)]
+    block_id = (torch.cumsum(nnz_per_roi, 0) - 1).clamp(min=0) // budget  # [K] non-decreasing
+    sizes = torch.unique_consecutive(block_id, return_counts=True)[1].tolist()
+    ends = torch.cumsum(torch.tensor(sizes), 0).tolist()
+    return [(end - size, end) for size, end in zip(sizes, ends)]
+
+
+def _stack_rows(features: tuple[Tensor, ...]) -> Tensor:
+    """Levels [N, C, H_l, W_l] -> channels-last rows [sum_l N*H_l*W_l, C] (a view if possible)."""
+    if len(features) == 1:
+        rows = features[0].permute(0, 2, 3, 1).reshape(-1, features[0].shape[1])  # [NHW, C]
+        return rows.contiguous()
+    sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+    rows = features[0].new_empty((sum(sizes), features[0].shape[1]))
+    for f, part in zip(features, rows.split(sizes)):
+        n, c, h, w = f.shape
+        part.view(n, h, w, c).copy_(f.permute(0, 2, 3, 1))  # [N, C, H, W] -> [N, H, W, C]
+    return rows
+
+
+def _layouts(features: tuple[Tensor, ...]) -> list[tuple[torch.Size, bool]]:
+    """(shape, is channels_last) of each level."""
+    return [(f.shape, f.is_contiguous(memory_format=torch.channels_last)) for f in features]
+
+
+def _unstack_rows(grad_rows: Tensor, layouts: list[tuple[torch.Size, bool]]) -> list[Tensor]:
+    """Inverse of _stack_rows for gradients, in each level's own memory layout."""
+    sizes = [shape[0] * shape[2] * shape[3] for shape, _ in layouts]
+    grads = []
+    for (shape, channels_last), part in zip(layouts, grad_rows.split(sizes)):
+        n, c, h, w = shape
+        if channels_last:
+            grads.append(part.view(n, h, w, c).permute(0, 3, 1, 2))  # free view
+            continue
+        grad = part.new_empty(shape)
+        for i in range(n):  # [HW, C] -> [C, HW]: 2-D transposes take a blocked fast path
+            grad[i].view(c, h * w).copy_(part[i * h * w : (i + 1) * h * w].t())
+        grads.append(grad)
+    return grads
+
+
+class _BinMix(torch.autograd.Function):
+    """out[R, C] = S @ rows(features) for constant sparse blocks S; grad = S^T @ grad_out."""
+
+    @staticmethod
+    def forward(ctx, blocks: list[Tensor], *features: Tensor) -> Tensor:  # type: ignore[override]
+        rows = _stack_rows(features)  # [sum NHW, C]
+        ctx.blocks, ctx.layouts = blocks, _layouts(features)
+        out = rows.new_empty((sum(block.shape[0] for block in blocks), rows.shape[1]))
+        for block, part in zip(blocks, out.split([b.shape[0] for b in blocks])):
+            torch.addmm(part, block, rows, beta=0, out=part)  # no zero-fill, no extra copy
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad = grad.contiguous()
+        grad_rows = grad.new_empty((ctx.blocks[0].shape[1], grad.shape[1]))  # [sum NHW, C]
+        parts = grad.split([b.shape[0] for b in ctx.blocks])
+        for i, (block, part) in enumerate(zip(ctx.blocks, parts)):
+            torch.addmm(grad_rows, block.t(), part, beta=1 if i else 0, out=grad_rows)
+        return (None, *_unstack_rows(grad_rows, ctx.layouts))
+
+
+def _level_tables(features: list[Tensor], scales: list[float], dtype: torch.dtype):
+    """Per level: scale [L] (dtype), height, width, first stacked row [L] (int64)."""
+    dev = features[0].device
+    heights = torch.tensor([f.shape[2] for f in features], device=dev)
+    widths = torch.tensor([f.shape[3] for f in features], device=dev)
+    sizes = torch.tensor([f.shape[0] * f.shape[2] * f.shape[3] for f in features], device=dev)
+    scale = torch.tensor(scales, dtype=dtype, device=dev)
+    return scale, heights, widths, torch.cumsum(sizes, 0) - sizes
+
+
+def _align_avg_rows(
+    features: list[Tensor], rois: Tensor, levels: Tensor, out_hw: tuple[int, int],
+    scales: list[float], sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    """Average RoIAlign of RoI i on level levels[i], as rows: [K*oh*ow, C]."""
+    (oh, ow), k = out_hw, rois.shape[0]
+    with torch.no_grad():
+        scale, heights, widths, first_row = _level_tables(features, scales, rois.dtype)
+        height, width = _take(heights, levels), _take(widths, levels)  # [K]
+        y1, x1, bin_h, bin_w, grid_h, grid_w = _roi_geometry(
+            rois, out_hw, _take(scale, levels), sampling_ratio, aligned
+        )
+        gain = 1.0 / (grid_h * grid_w).clamp(min=1).to(rois.dtype)  # average of the samples
+        cy, seg_y, pos_y, wy = _axis_taps(y1, bin_h, grid_h, oh, height, gain)
+        cx, _, pos_x, wx = _axis_taps(x1, bin_w, grid_w, ow, width, torch.ones_like(gain))
+        # First row of each RoI's image in the stacked rows, then y * W: [K] -> [Ey]
+        image_row = _take(first_row, levels) + rois[:, 0].to(torch.int64) * height * width
+        roi_y = seg_y // oh
+        col_y = _take(image_row, roi_y) + pos_y * _take(width, roi_y)
+        taps_y = (cy, torch.cumsum(cy, 0) - cy, col_y, wy)
+        taps_x = (cx, torch.cumsum(cx, 0) - cx, pos_x, wx)
+        nnz_per_roi = cy.view(k, oh).sum(1) * cx.view(k, ow).sum(1)  # [K]
+        n_cols = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in features)
+        blocks = [
+            _outer_rows(taps_y, taps_x, out_hw, r0, r1, n_cols)
+            for r0, r1 in _blocks(nnz_per_roi, _MAX_NNZ_PER_BLOCK)
+        ]
+    return _BinMix.apply(blocks, *features)
+
+
+def _rows_to_rois(rows: Tensor, k: int, out_hw: tuple[int, int], channels_last: bool) -> Tensor:
+    """[K*oh*ow, C] -> [K, C, oh, ow] (channels_last strides, or contiguous)."""
+    out = rows.view(k, out_hw[0], out_hw[1], rows.shape[1]).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+def _align_max(
+    features: list[Tensor], rois: Tensor, levels: Tensor, out_hw: tuple[int, int],
+    scales: list[float], sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    """Max RoIAlign: [K, C, oh, ow]. The gh x gw samples of a bin are the bins of an average
+    RoIAlign with output (oh*gh, ow*gw) and one sample per bin; max-pool those. Loops over the
+    distinct sampling grids only (one for a fixed sampling ratio)."""
+    k, c = rois.shape[0], features[0].shape[1]
+    scale = _level_tables(features, scales, rois.dtype)[0]
+    grid_h, grid_w = _roi_geometry(rois, out_hw, _take(scale, levels), sampling_ratio, aligned)[4:]
+    grids = torch.unique(torch.stack([grid_h, grid_w], 1), dim=0).tolist()
+    if all(gy == 0 or gx == 0 for gy, gx in grids):  # no samples at all (or no RoIs): zeros,
+        rows = _align_avg_rows(features, rois, levels, out_hw, scales, sampling_ratio, aligned)
+        return _rows_to_rois(rows, k, out_hw, channels_last=False)  # connected to the graph
+    out = features[0].new_zeros((k, c) + out_hw)
+    for gy, gx in grids:
+        if gy == 0 or gx == 0:  # empty (aligned, degenerate) RoIs: no samples, output 0
+            continue
+        idx = ((grid_h == gy) & (grid_w == gx)).nonzero().squeeze(1)
+        fine_hw = (out_hw[0] * gy, out_hw[1] * gx)
+        fine = _align_avg_rows(features, rois[idx], levels[idx], fine_hw, scales, 1, aligned)
+        fine = _rows_to_rois(fine, idx.shape[0], fine_hw, channels_last=True)
+        out = out.index_copy(0, idx, F.max_pool2d(fine, (gy, gx)))
+    return out
+
+
+def roi_align_levels(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int | tuple[int, int],
+    scales: list[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    reduction: str = "avg",
+) -> Tensor:
+    """RoIAlign of each RoI on its own feature level, in one sparse product.
+
+    features: L tensors [N, C, H_l, W_l] (same N, C, dtype). rois: [K, 5] (batch index,
+    x1, y1, x2, y2) in input-image pixels. levels: [K] int64 in [0, L). scales: L spatial
+    scales. Other arguments as in roi_align. Returns [K, C, oh, ow] in the order of rois;
+    channels_last strides if the first level is channels_last, contiguous otherwise.
+    """
+    if reduction not in ("avg", "max"):
+        raise ValueError(f"reduction must be 'avg' or 'max', got {reduction!r}")
+    if len(features) != len(scales) or any(f.dim() != 4 for f in features):
+        raise ValueError("need one spatial scale per [N, C, H, W] feature level")
+    out_hw = _pair(output_size)
+    dtype = features[0].dtype
+    # The sparse BLAS has float32/float64 kernels; other float types compute in float32.
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    maps = [f.to(work) for f in features]
+    rois = rois.to(device=maps[0].device, dtype=work)
+    levels = levels.to(device=maps[0].device, dtype=torch.int64)
+    channels_last = features[0].is_contiguous(memory_format=torch.channels_last)
+    scales = [float(s) for s in scales]
+    if reduction == "max":
+        out = _align_max(maps, rois, levels, out_hw, scales, sampling_ratio, aligned)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = out.contiguous(memory_format=fmt)
+    else:
+        rows = _align_avg_rows(maps, rois, levels, out_hw, scales, sampling_ratio, aligned)
+        out = _rows_to_rois(rows, rois.shape[0], out_hw, channels_last)
+    return out.to(dtype)
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    reduction: str = "avg",
+) -> Tensor:
+    """RoIAlign, same arguments and results as torchvision.ops.roi_align (reduction="avg").
+
+    input: [N, C, H, W] float. boxes: [K, 5] (batch index, x1, y1, x2, y2) or a list of N
+    per-image [L_i, 4] xyxy boxes, in input-image pixels (scaled by spatial_scale).
+    sampling_ratio > 0: that many samples per bin and axis; <= 0: ceil(roi_size / out).
+    aligned: shift by -0.5 pixel (pixel centres) and allow RoIs under 1 pixel.
+    reduction: "avg" (mean of the samples) or "max" (max over the bilinear samples; samples
+    outside the map read 0). Returns [K, C, oh, ow] in input's dtype; with channels_last
+    strides if input is channels_last, else contiguous.
+    """
+    if input.dim() != 4:
+        raise ValueError(f"input must be [N, C, H, W], got {tuple(input.shape)}")
+    rois = boxes_to_rois(boxes)  # cast to the working dtype later: keep box precision
+    levels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+    return roi_align_levels(
+        [input], rois, levels, output_size, [spatial_scale], sampling_ratio, aligned,
+        reduction=reduction,
+    )

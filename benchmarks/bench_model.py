@@ -15,31 +15,13 @@ import statistics
 import time
 
 import torch
-from torch import nn
-from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from maskrcnn.config import preset
-from maskrcnn.io.weights import convert_torchvision_state_dict, load_state_dict_checked
-from maskrcnn.modeling import build_model
-
-
-def perturbed_torchvision_model() -> nn.Module:
-    torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        model.rpn.head.cls_logits.weight.mul_(30)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.15)
-    return model.eval()
-
-
-def image(height: int, width: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1)
-    coarse = torch.rand(1, 3, height // 32, width // 32, generator=gen)
-    return nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
+from maskrcnn.testing import (
+    our_copy,
+    perturbed_torchvision_maskrcnn,
+    smooth_random_images,
+    torchvision_config,
+)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -55,11 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    tv_model = perturbed_torchvision_model()
-    ours = build_model(preset("torchvision_r50_fpn"))
-    load_state_dict_checked(ours, convert_torchvision_state_dict(tv_model.state_dict()), "tv")
-    ours.eval()
-    images = [image(*args.size)]
+    images = smooth_random_images([tuple(args.size)])
+    tv_model = perturbed_torchvision_maskrcnn(images)
+    ours = our_copy(tv_model, torchvision_config()).eval()
 
     with torch.no_grad():
         tv_model(images), ours(images)  # warm-up

@@ -7,15 +7,24 @@ Cases (the model's real shapes, R50-FPN at 800x1216):
   a4 the same 1000 RoIs over P2..P5 (MultiLevelRoIAlign vs torchvision MultiScaleRoIAlign)
   b  100 RoIs at 14x14, sampling 2, on the [1, 256, 200, 304] map
   b4 the same 100 RoIs over P2..P5
-plus the detectron2 setting (aligned, adaptive sampling) on the 4-level case. RoIs are random
+plus the detectron2 setting (aligned, adaptive sampling) on the 4-level case, and ours on a
+channels_last copy of the map (what a channels_last model gives it). RoIs are random
 boxes of 16..400 px (width and height independent) inside the 800x1216 image. Runs of ours
 and torchvision alternate (order swapped every run); the table shows medians in ms and the
 ratio ours / torchvision (below 1: we are faster).
+
+Run it on an otherwise idle machine. torchvision's CPU kernel is one single-threaded loop,
+while ours is a chain of OpenMP-parallel ATen ops: when other processes also load the 2
+cores, OpenMP's default active waiting makes every parallel region spin for a descheduled
+partner thread and our times grow several-fold (torchvision's much less). On a shared
+machine run with OMP_WAIT_POLICY=PASSIVE (it applies to both implementations in the
+process). The load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections import OrderedDict
@@ -40,17 +49,20 @@ def random_boxes(gen: torch.Generator, k: int) -> torch.Tensor:
     return torch.minimum(boxes.clamp(min=0), torch.tensor([IMAGE_HW[1], IMAGE_HW[0]] * 2))
 
 
-def single_level_case(gen, k, out, sampling, aligned):
+def single_level_case(gen, k, out, sampling, aligned, channels_last=False):
     feat = torch.randn(1, 256, 200, 304, generator=gen, requires_grad=True)
     boxes = [random_boxes(gen, k)]
+    # channels_last: the same values in NHWC memory, given to ours only (no transposes)
+    ours_feat = feat.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours_feat = ours_feat if channels_last else feat
 
     def ours():
-        return roi_align(feat, boxes, out, 0.25, sampling, aligned)
+        return roi_align(ours_feat, boxes, out, 0.25, sampling, aligned)
 
     def ref():
         return torchvision.ops.roi_align(feat, boxes, out, 0.25, sampling, aligned)
 
-    return [feat], ours, ref
+    return [feat, ours_feat], ours, ref
 
 
 def multi_level_case(gen, k, out, sampling, aligned):
@@ -120,14 +132,19 @@ def main() -> None:
         ("b  100 RoIs 14x14 s2, 1 level", lambda: single_level_case(gen, 100, 14, 2, False)),
         ("b4 100 RoIs 14x14 s2, P2-P5", lambda: multi_level_case(gen, 100, 14, 2, False)),
         ("d2 1000 RoIs 7x7 aligned adapt P2-P5", lambda: multi_level_case(gen, 1000, 7, 0, True)),
+        ("a  ours on channels_last map", lambda: single_level_case(gen, 1000, 7, 2, False, True)),
+        ("b  ours on channels_last map", lambda: single_level_case(gen, 100, 14, 2, False, True)),
     ]
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"threads {torch.get_num_threads()}, runs {args.runs} (median)")
+          f"threads {torch.get_num_threads()}, runs {args.runs} (median), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"{'case':<34} {'pass':<8} {'ours ms':>9} {'torchvision':>12} {'ratio':>7}"
           f" {'max |diff|':>10}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
     rows: list = []
     for name, make in cases:
         bench(name, make(), args.runs, rows)
+    print(f"load average after: {os.getloadavg()[0]:.2f} (2 cores; above ~0.5 other work competes)")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .io.weights import load_model
     from .visualize import save_overlay
 
-    model = load_model(args.weights, device=args.device)
+    model = load_model(args.weights, device=args.device).optimize_for_inference()
     class_names = model.cfg.class_names or None
     category_ids = model.cfg.category_ids or None
     out = Path(args.out)
@@ -232,8 +232,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _evaluate_json(coco_evaluate, gt_json: str, results: str, out: Path):
     if not Path(gt_json).is_file():
         raise CliError(f"{gt_json}: annotation file not found")
+    from .io.coco_results import load_results_json
+
     try:
-        return coco_evaluate(gt_json, results, out_dir=out)
+        loaded = load_results_json(results)
+        iou_types = ("bbox", "segm") if any("segmentation" in r for r in loaded) else ("bbox",)
+        return coco_evaluate(gt_json, loaded, iou_types=iou_types, out_dir=out)
     except (ValueError, KeyError, TypeError) as err:
         raise CliError(f"cannot evaluate {results} against {gt_json}: "
                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"

@@ -2,84 +2,26 @@
 
 import pytest
 import torch
-from torch import nn
-from torchvision.models.detection import maskrcnn_resnet50_fpn
-from torchvision.ops import FrozenBatchNorm2d
 
-from maskrcnn.config import preset
-from maskrcnn.io.weights import convert_torchvision_state_dict, load_state_dict_checked
-from maskrcnn.modeling import build_model
 from maskrcnn.structures import Targets
+from maskrcnn.testing import (
+    our_copy,
+    perturbed_torchvision_maskrcnn,
+    smooth_random_images,
+    torchvision_config,
+)
 
 MIN_SIZE, MAX_SIZE = 320, 480
 
 
-def _perturbed_torchvision_model() -> nn.Module:
-    """Seeded random weights, perturbed so that scores spread and detections are not ties:
-    BatchNorm statistics calibrated on the test images (so features are of unit scale, not
-    random-init blow-ups), objectness and class logits scaled up."""
-    torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE
-    )
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.momentum = None  # running stats = plain average over the batch
-                module.reset_running_stats()
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-        model.train()
-        model.backbone(model.transform(_images())[0].tensors)
-        model.eval()
-    _freeze_batchnorm(model)
-    with torch.no_grad():
-        model.rpn.head.cls_logits.weight.mul_(10)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.06)
-        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
-        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(3)
-    return model
-
-
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """BatchNorm2d -> torchvision's FrozenBatchNorm2d, as maskrcnn_resnet50_fpn builds it
-    when given pretrained weights."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child)
-
-
-def _our_model(tv_model: nn.Module) -> nn.Module:
-    cfg = preset("torchvision_r50_fpn")
-    cfg.input.min_size_train = (MIN_SIZE,)
-    cfg.input.min_size_test = MIN_SIZE
-    cfg.input.max_size = MAX_SIZE
-    model = build_model(cfg)
-    state = convert_torchvision_state_dict(tv_model.state_dict())
-    load_state_dict_checked(model, state, "torchvision model")
-    return model
-
-
 def _images() -> list[torch.Tensor]:
-    """Two smooth random images of different sizes (smooth, so features are not noise)."""
-    gen = torch.Generator().manual_seed(1)
-    images = []
-    for height, width in [(240, 320), (300, 220)]:
-        coarse = torch.rand(1, 3, height // 16, width // 16, generator=gen)
-        image = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
-        images.append(image.clamp(0, 1))
-    return images
+    return smooth_random_images([(240, 320), (300, 220)])
 
 
 @pytest.fixture(scope="module")
 def models():
-    tv_model = _perturbed_torchvision_model()
-    return tv_model, _our_model(tv_model)
+    tv_model = perturbed_torchvision_maskrcnn(_images(), MIN_SIZE, MAX_SIZE)
+    return tv_model, our_copy(tv_model, torchvision_config(MIN_SIZE, MAX_SIZE))
 
 
 def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -148,3 +90,26 @@ def test_train_losses_equal(models):
     for tv_name, our_name in names.items():
         torch.testing.assert_close(actual[our_name], expected[tv_name], rtol=1e-4, atol=1e-5)
     assert all(v.item() > 0 for v in actual.values())
+
+
+def test_optimized_inference_matches_exact_model(models):
+    """optimize_for_inference (folded BatchNorm, channels_last) changes only rounding: each
+    of the top detections has a twin in the exact model's output."""
+    from torchvision.ops import box_iou
+
+    tv_model, ours = models
+    fast = our_copy(tv_model, torchvision_config(MIN_SIZE, MAX_SIZE)).optimize_for_inference()
+    images = _images()
+    with torch.no_grad():
+        exact = ours.eval()(images)
+        optimized = fast(images)
+    for exp, act in zip(exact, optimized):
+        top = act.scores > act.scores[19]  # the 19 best, well separated from the rest
+        iou = box_iou(act.boxes[top], exp.boxes)  # [19, D]
+        iou[act.labels[top][:, None] != exp.labels[None, :]] = 0
+        best_iou, twin = iou.max(dim=1)
+        assert best_iou.min() > 0.99
+        torch.testing.assert_close(act.scores[top], exp.scores[twin], atol=1e-3, rtol=0)
+        assert _mask_iou(act.masks[top], exp.masks[twin]).min() > 0.95
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        fast.train()

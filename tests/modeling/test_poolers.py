@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from torchvision.ops.poolers import LevelMapper
 
 from maskrcnn.modeling.poolers import MultiLevelRoIAlign
+from maskrcnn.ops.roi_align import roi_align
 
 NAMES = ["p2", "p3", "p4", "p5"]
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -73,17 +74,36 @@ def test_aligned_matches_per_level_roi_align():
     assert_close(ours, ref)
 
 
+def test_max_reduction_is_per_level_max_roi_align():
+    gen = torch.Generator().manual_seed(7)
+    feats = features(gen, batch=2)
+    box_list = [boxes(gen, 12), boxes(gen, 9)]
+    pooler = MultiLevelRoIAlign(4, SCALES, 2, reduction="max")
+    ours = pooler(feats, box_list)
+    levels = pooler.assign_levels(torch.cat(box_list))
+    rois = torch.cat([torch.tensor([[0.0]] * 12 + [[1.0]] * 9), torch.cat(box_list)], dim=1)
+    for level, (feat, scale) in enumerate(zip(feats, SCALES)):
+        idx = (levels == level).nonzero().squeeze(1)
+        assert_close(ours[idx], roi_align(feat, rois[idx], 4, scale, 2, reduction="max"))
+    assert not torch.allclose(ours, MultiLevelRoIAlign(4, SCALES, 2)(feats, box_list))
+
+
 def test_assign_levels_is_torchvision_level_mapper():
     gen = torch.Generator().manual_seed(4)
     box_list = [boxes(gen, 200)]
     # sqrt(area) exactly on level boundaries (112, 224, 448), just under and over them
     sides = torch.tensor([56.0, 112.0, 224.0, 448.0, 896.0, 111.99, 224.01, 1.0, 5000.0])
     box_list.append(torch.stack([torch.zeros(9), torch.zeros(9), sides, sides], dim=1))
+    # float32 rounding puts sqrt(area) just under 112 and 224: only the eps keeps them up
+    box_list.append(torch.tensor([[462.7142639160156, 441.5278625488281, 574.7142333984375,
+                                   553.52783203125],
+                                  [198.18067932128906, 441.4339904785156, 422.1806640625,
+                                   665.4339599609375]]))
     pooler = MultiLevelRoIAlign(7, SCALES, 2)
     ours = pooler.assign_levels(torch.cat(box_list))
     assert ours.dtype == torch.int64
     assert torch.equal(ours, torchvision_levels(box_list))
-    assert ours[-9:].tolist() == [0, 1, 2, 3, 3, 0, 2, 0, 3]
+    assert ours[-11:].tolist() == [0, 1, 2, 3, 3, 0, 2, 0, 3, 1, 2]
 
 
 def test_three_levels_and_canonical_settings():

@@ -92,6 +92,9 @@ class CheckpointManager:
     def save(self, model: nn.Module, trainer_state: dict[str, Any]) -> Path:
         """Write the checkpoint of trainer_state["iteration"] atomically; prune old ones."""
         path = self.path_for(int(trainer_state["iteration"]))
+        if self.directory.is_dir():  # temporary files of a writer that was killed
+            for stale in self.directory.glob(".ckpt_*"):
+                stale.unlink(missing_ok=True)
         save_model(model, path, trainer=trainer_state)
         for _, old in self.list()[: -self.keep]:
             old.unlink(missing_ok=True)

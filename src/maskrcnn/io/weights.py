@@ -147,6 +147,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
 def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> None:
     """Write {format, version, config, model, **extra} atomically (tmp file + rename)."""
+    if getattr(model, "inference_optimized", False):
+        raise ValueError("cannot save a model after optimize_for_inference(): save it before")
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,

@@ -73,26 +73,27 @@ class BoxHead(nn.Module):
         nms_thresh: float,
         detections_per_image: int,
     ) -> list[Detections]:
-        """Per-class boxes and scores, score threshold, class-wise NMS, top detections."""
-        num_classes = class_logits.shape[-1]
-        boxes = self.box_coder.decode(box_deltas, torch.cat(proposals))  # [R, K, 4]
+        """Per-class boxes and scores, score threshold, class-wise NMS, top detections.
+
+        Only the (RoI, class) pairs above the score threshold are decoded and clipped; the
+        result equals decoding all of them first (the order of candidates is kept).
+        """
         scores = F.softmax(class_logits, -1)  # [R, K]
+        # [R, K*4] -> [R, K, 4]
+        box_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)
         counts = [p.shape[0] for p in proposals]
         detections = []
-        for boxes_i, scores_i, image_size in zip(
-            boxes.split(counts), scores.split(counts), image_sizes
+        for scores_i, deltas_i, proposals_i, image_size in zip(
+            scores.split(counts), box_deltas.split(counts), proposals, image_sizes
         ):
-            boxes_i = clip_boxes(boxes_i, image_size)
-            labels_i = torch.arange(num_classes, device=scores_i.device).expand_as(scores_i)
-            # drop background, then every (RoI, class) pair is a candidate:
-            # [R_i, K-1, 4] -> [R_i*(K-1), 4]
-            boxes_i = boxes_i[:, 1:].reshape(-1, 4)
-            scores_i = scores_i[:, 1:].reshape(-1)
-            labels_i = labels_i[:, 1:].reshape(-1)
-            keep = torch.where(scores_i > score_thresh)[0]
-            boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-            keep = remove_small_boxes(boxes_i, 1e-2)
-            boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-            keep = batched_nms(boxes_i, scores_i, labels_i, nms_thresh)[:detections_per_image]
-            detections.append(Detections(boxes_i[keep], scores_i[keep], labels_i[keep]))
+            # candidates in (RoI, class) row-major order, background excluded
+            roi_idx, class_idx = torch.where(scores_i[:, 1:] > score_thresh)
+            labels_i = class_idx + 1
+            scores_c = scores_i[roi_idx, labels_i]
+            boxes_c = self.box_coder.decode(deltas_i[roi_idx, labels_i], proposals_i[roi_idx])
+            boxes_c = clip_boxes(boxes_c[:, 0], image_size)  # [N, 1, 4] -> [N, 4]
+            keep = remove_small_boxes(boxes_c, 1e-2)
+            boxes_c, scores_c, labels_i = boxes_c[keep], scores_c[keep], labels_i[keep]
+            keep = batched_nms(boxes_c, scores_c, labels_i, nms_thresh)[:detections_per_image]
+            detections.append(Detections(boxes_c[keep], scores_c[keep], labels_i[keep]))
         return detections

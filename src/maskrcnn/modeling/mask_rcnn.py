@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..structures import Detections, Targets
-from .backbone import build_backbone
+from .backbone import build_backbone, fold_frozen_batchnorm
 from .roi_heads import RoIHeads
 from .rpn import RPN
 from .transform import InputTransform
@@ -33,6 +33,29 @@ class MaskRCNN(nn.Module):
         self.rpn = RPN(cfg.rpn, cfg.anchors, self.backbone.out_channels, strides)
         pooled_scales = [1.0 / s for s in strides[:4]]  # RoIs are pooled from P2..P5
         self.roi_heads = RoIHeads(cfg.roi_heads, self.backbone.out_channels, pooled_scales)
+        self.inference_optimized = False
+
+    def optimize_for_inference(self) -> MaskRCNN:
+        """Fold frozen BatchNorm into the convolutions and switch to channels_last.
+
+        About twice as fast on CPU; outputs equal the exact model's to float rounding
+        (features within ~1e-5 relative), so near-tied detections may swap. Irreversible:
+        the folded model can no longer be trained or saved as a checkpoint.
+        """
+        fold_frozen_batchnorm(self.backbone)
+        self.to(memory_format=torch.channels_last)
+        self.inference_optimized = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> MaskRCNN:
+        if mode and self.inference_optimized:
+            raise RuntimeError("a model after optimize_for_inference() cannot be trained")
+        return super().train(mode)
+
+    def _features(self, batch: Tensor) -> list[Tensor]:
+        if self.inference_optimized:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.backbone(batch)
 
     def forward(
         self, images: Sequence[Tensor], targets: Sequence[Targets] | None = None
@@ -50,7 +73,7 @@ class MaskRCNN(nn.Module):
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         image_list, targets = self.transform(images, targets, training=True)
-        features = self.backbone(image_list.tensors)
+        features = self._features(image_list.tensors)
         logits, deltas, anchors = self.rpn(features, image_list.tensors.shape[-2:])
         proposals = self.rpn.inference(
             logits, deltas, anchors, image_list.image_sizes, training=True
@@ -65,7 +88,7 @@ class MaskRCNN(nn.Module):
         """Detections per image; masks [D, H, W] bool, or float in [0, 1] if soft_masks."""
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = self.transform(images, None, training=False)
-        features = self.backbone(image_list.tensors)
+        features = self._features(image_list.tensors)
         logits, deltas, anchors = self.rpn(features, image_list.tensors.shape[-2:])
         proposals = self.rpn.inference(
             logits, deltas, anchors, image_list.image_sizes, training=False

@@ -32,6 +32,7 @@ class MultiLevelRoIAlign(nn.Module):
     output_size: m (output is m x m). scales: spatial scale of each level, finest first,
     e.g. (1/4, 1/8, 1/16, 1/32) for P2..P5. sampling_ratio, aligned: as in roi_align.
     canonical_box_size, canonical_level: 224 and k0 = 4 in the FPN paper.
+    reduction: "avg" (the paper's default) or "max" aggregation of the bin's samples.
     """
 
     def __init__(
@@ -42,6 +43,8 @@ class MultiLevelRoIAlign(nn.Module):
         aligned: bool = False,
         canonical_box_size: int = 224,
         canonical_level: int = 4,
+        *,
+        reduction: str = "avg",
     ) -> None:
         super().__init__()
         if len(scales) == 0:
@@ -52,6 +55,7 @@ class MultiLevelRoIAlign(nn.Module):
         self.aligned = aligned
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
+        self.reduction = reduction
         self.k_min = _level_exponent(self.scales[0])
         self.k_max = _level_exponent(self.scales[-1])
         if self.k_max - self.k_min + 1 != len(self.scales):
@@ -74,13 +78,14 @@ class MultiLevelRoIAlign(nn.Module):
         input-image pixels. Returns [sum L_i, C, m, m] in the order of the boxes."""
         if len(features) != len(self.scales):
             raise ValueError(f"expected {len(self.scales)} feature levels, got {len(features)}")
-        rois = boxes_to_rois(boxes, features[0].dtype).to(features[0].device)  # [K, 5]
+        rois = boxes_to_rois(boxes).to(features[0].device)  # [K, 5], in the boxes' dtype
         levels = self.assign_levels(rois[:, 1:])
         return roi_align_levels(
             list(features), rois, levels, self.output_size, list(self.scales),
-            self.sampling_ratio, self.aligned,
+            self.sampling_ratio, self.aligned, reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, scales={self.scales}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
+                f"reduction={self.reduction!r}")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import InputConfig
-from ..ops.mask_paste import paste_masks
+from ..ops.mask_paste import paste_masks, paste_masks_thresholded
 from ..structures import Detections, ImageList, Targets
 
 
@@ -95,8 +95,12 @@ class InputTransform(nn.Module):
         for det, size, original in zip(detections, image_sizes, original_sizes):
             det.boxes = resize_boxes(det.boxes, size, original)
             if det.masks is not None:
-                pasted = paste_masks(det.masks, det.boxes, original)
-                det.masks = pasted if soft_masks else pasted > mask_threshold
+                if soft_masks:
+                    det.masks = paste_masks(det.masks, det.boxes, original)
+                else:
+                    det.masks = paste_masks_thresholded(
+                        det.masks, det.boxes, original, mask_threshold
+                    )
         return detections
 
 

@@ -147,7 +147,8 @@ def _outer_rows(
     """CSR block of S for RoIs r0..r1-1: row (r, py, px) = outer(a[r, py], b[r, px]).
 
     taps_*: (counts [K*n], index of the first tap [K*n], column part [E], weight [E]) per
-    axis; the column of an entry is y part (image offset + y * W) + x part (x).
+    axis; an entry's column is y part (row offset + y * W) + x part (x). Every entry is
+    enumerated as (row, y tap, x tap) with integer arithmetic on flat indices.
     """
     (cy, fy, col_y, wy), (cx, fx, col_x, wx) = taps_y, taps_x
     (oh, ow), k = out_hw, r1 - r0
@@ -157,7 +158,7 @@ def _outer_rows(
     nb_row = nb.expand(k, oh, ow).flatten()  # [R]
     fa_row = fy[r0 * oh : r1 * oh].view(k, oh, 1).expand(k, oh, ow).flatten()  # [R]
     fb_row = fx[r0 * ow : r1 * ow].view(k, 1, ow).expand(k, oh, ow).flatten()  # [R]
-    dev = cy.device
+    dev = row_nnz.device
     q = torch.repeat_interleave(torch.arange(row_nnz.shape[0], device=dev), row_nnz)  # [E]
     local = torch.arange(q.shape[0], device=dev) - _take(torch.cumsum(row_nnz, 0) - row_nnz, q)
     nb_q = _take(nb_row, q)
@@ -183,9 +184,8 @@ def _blocks(nnz_per_roi: Tensor, budget: int) -> list[tuple[int, int]]:
 
 def _stack_rows(features: tuple[Tensor, ...]) -> Tensor:
     """Levels [N, C, H_l, W_l] -> channels-last rows [sum_l N*H_l*W_l, C] (a view if possible)."""
-    if len(features) == 1:
-        rows = features[0].permute(0, 2, 3, 1).reshape(-1, features[0].shape[1])  # [NHW, C]
-        return rows.contiguous()
+    if len(features) == 1:  # [N, C, H, W] -> [N, H, W, C] -> [NHW, C]; no copy if NHWC
+        return features[0].permute(0, 2, 3, 1).contiguous().view(-1, features[0].shape[1])
     sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
     rows = features[0].new_empty((sum(sizes), features[0].shape[1]))
     for f, part in zip(features, rows.split(sizes)):

@@ -1,0 +1,91 @@
+"""Reference models for parity tests and benchmarks (needs torchvision's detection models).
+
+No weights can be downloaded, so the reference is torchvision's maskrcnn_resnet50_fpn with
+seeded random weights, perturbed so that it behaves like a trained model: BatchNorm
+statistics calibrated on the given images (features of unit scale instead of random-init
+blow-ups), then frozen as torchvision does for pretrained weights; objectness and class
+logits scaled so that scores spread and detections are not near-ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig, preset
+from .io.weights import convert_torchvision_state_dict, load_state_dict_checked
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (same statistics), as
+    maskrcnn_resnet50_fpn builds its backbone when given pretrained weights."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+
+
+def perturbed_torchvision_maskrcnn(
+    calibration_images: Sequence[Tensor], min_size: int = 800, max_size: int = 1333, seed: int = 0
+) -> nn.Module:
+    """torchvision maskrcnn_resnet50_fpn (v1) with perturbed seeded weights, in eval mode."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(seed)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None  # running stats = plain average over the batch
+                module.reset_running_stats()
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+        model.train()
+        model.backbone(model.transform(list(calibration_images))[0].tensors)
+        model.eval()
+    freeze_batchnorm(model)
+    with torch.no_grad():
+        model.rpn.head.cls_logits.weight.mul_(10)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.06)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(3)
+    return model
+
+
+def torchvision_config(min_size: int = 800, max_size: int = 1333) -> ModelConfig:
+    cfg = preset("torchvision_r50_fpn")
+    cfg.input.min_size_train = (min_size,)
+    cfg.input.min_size_test = min_size
+    cfg.input.max_size = max_size
+    return cfg
+
+
+def our_copy(tv_model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Our model with the torchvision model's weights."""
+    from .modeling import build_model
+
+    model = build_model(cfg)
+    state = convert_torchvision_state_dict(tv_model.state_dict())
+    load_state_dict_checked(model, state, "torchvision model")
+    return model
+
+
+def smooth_random_images(sizes: Sequence[tuple[int, int]], seed: int = 1) -> list[Tensor]:
+    """Smooth random RGB images in [0, 1] (smooth, so features are not noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = []
+    for height, width in sizes:
+        coarse = torch.rand(1, 3, max(height // 16, 2), max(width // 16, 2), generator=gen)
+        image = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
+        images.append(image.clamp(0, 1))
+    return images

@@ -56,7 +56,8 @@ class BoxHead(nn.Module):
         classification_loss = F.cross_entropy(class_logits, labels)
         positive = torch.where(labels > 0)[0]
         # [R, K*4] -> [R, K, 4], then the row of each positive's class
-        deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[positive, labels[positive]]
+        deltas = box_deltas.reshape(box_deltas.shape[0], self.num_classes, 4)
+        deltas = deltas[positive, labels[positive]]
         box_loss = _box_regression_loss(deltas, target_deltas[positive], self.smooth_l1_beta)
         return {
             "loss_cls": classification_loss,
@@ -80,7 +81,7 @@ class BoxHead(nn.Module):
         """
         scores = F.softmax(class_logits, -1)  # [R, K]
         # [R, K*4] -> [R, K, 4]
-        box_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)
+        box_deltas = box_deltas.reshape(box_deltas.shape[0], self.num_classes, 4)
         counts = [p.shape[0] for p in proposals]
         detections = []
         for scores_i, deltas_i, proposals_i, image_size in zip(

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from torchvision.ops.poolers import LevelMapper
 
 from maskrcnn.modeling.poolers import MultiLevelRoIAlign
+from maskrcnn.ops import roi_align as roi_align_module
 from maskrcnn.ops.roi_align import roi_align
 
 NAMES = ["p2", "p3", "p4", "p5"]
@@ -43,7 +44,10 @@ def torchvision_levels(box_list, k_min=2, k_max=5):
 
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 @pytest.mark.parametrize("output_size", [7, 14])
-def test_matches_multiscale_roi_align(sampling_ratio, output_size):
+@pytest.mark.parametrize("gather_below", [0.0, 0.75, 1.01])
+def test_matches_multiscale_roi_align(sampling_ratio, output_size, gather_below, monkeypatch):
+    """gather_below: levels transposed whole, chosen by coverage, or gathered by pixel."""
+    monkeypatch.setattr(roi_align_module, "_GATHER_BELOW", gather_below)
     gen = torch.Generator().manual_seed(sampling_ratio + output_size)
     feats = features(gen)
     box_list = [boxes(gen, 40), boxes(gen, 27)]
@@ -119,6 +123,27 @@ def test_three_levels_and_canonical_settings():
     assert_close(ours, ref)
     assert torch.equal(pooler.assign_levels(box_list[0]),
                        LevelMapper(3, 5, 160, 5)(box_list))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unused_levels_get_zero_gradients(channels_last):
+    """Only small boxes: P4 and P5 are not read; their gradients are zeros, as in torchvision."""
+    gen = torch.Generator().manual_seed(8)
+    feats = features(gen)
+    if channels_last:
+        feats = [f.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+                 for f in feats]
+    box_list = [boxes(gen, 20)[4:] * 0.2, boxes(gen, 9)[4:] * 0.2]  # sqrt(area) < 120 px
+    ours = MultiLevelRoIAlign(7, SCALES, 2)(feats, box_list)
+    ref = torchvision.ops.MultiScaleRoIAlign(NAMES, 7, 2)(
+        OrderedDict(zip(NAMES, feats)), box_list, [IMAGE_HW, IMAGE_HW]
+    )
+    assert_close(ours, ref)
+    grad_out = torch.randn(ours.shape, generator=gen)
+    ours_grads = torch.autograd.grad(ours, feats, grad_out)
+    for g_ours, g_ref in zip(ours_grads, torch.autograd.grad(ref, feats, grad_out)):
+        assert_close(g_ours, g_ref)
+    assert not ours_grads[3].any() and ours_grads[0].any()
 
 
 def test_empty_boxes():

@@ -13,7 +13,9 @@ torchvision.ops.roi_align.
 
 Several feature levels (FPN) are one product too: the rows of all levels are stacked and
 each RoI's weights point into its own level (``roi_align_levels``), so the pooled RoIs come
-out in their input order with no gather or scatter afterwards.
+out in their input order with no gather or scatter afterwards. NCHW maps are transposed to
+rows once per call; a level whose RoIs read few of its pixels gives only those rows
+(an unread level none), and channels_last maps are read in place.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ __all__ = ["roi_align", "roi_align_levels", "boxes_to_rois"]
 
 # Non-zeros of one sparse block: bounds memory when adaptive sampling meets huge RoIs.
 _MAX_NNZ_PER_BLOCK = 1 << 22
+# Products with fewer multiply-adds than this avoid the sparse BLAS (see _product).
+_SMALL_PRODUCT = 1 << 15
+# A level whose RoIs read fewer than this fraction of its pixels is gathered, not transposed.
+_GATHER_BELOW = 0.75
 
 
 def boxes_to_rois(boxes: Tensor | list[Tensor], dtype: torch.dtype | None = None) -> Tensor:
@@ -41,8 +47,30 @@ def boxes_to_rois(boxes: Tensor | list[Tensor], dtype: torch.dtype | None = None
     dtype = dtype or boxes[0].dtype
     cat = torch.cat([b.to(dtype).reshape(-1, 4) for b in boxes], dim=0)  # [K, 4]
     counts = torch.tensor([b.shape[0] for b in boxes], device=cat.device)
-    batch_idx = torch.repeat_interleave(torch.arange(len(boxes), device=cat.device), counts)
+    batch_idx = _repeat_index(counts, cat.shape[0])
     return torch.cat([batch_idx.to(dtype)[:, None], cat], dim=1)  # [K, 5]
+
+
+def _repeat_index(counts: Tensor, total: int) -> Tensor:
+    """repeat_interleave(arange(len(counts)), counts), total = counts.sum(), with serial ops:
+    repeat_interleave always opens an OpenMP region, which costs a scheduler time slice per
+    call when other processes load the cores."""
+    marks = torch.zeros(total + 1, dtype=torch.int64, device=counts.device)
+    marks.index_add_(0, torch.cumsum(counts, 0) - counts, torch.ones_like(counts))
+    return torch.cumsum(marks[:total], 0) - 1  # [total]
+
+
+def _product(block: Tensor, dense: Tensor, out: Tensor, transpose: bool, add: bool) -> None:
+    """out = block @ dense (block^T @ dense if transpose; out += ... if add). Small products
+    use plain indexing ops: the sparse BLAS opens a thread team even for tiny matrices."""
+    if block.values().numel() * dense.shape[1] >= _SMALL_PRODUCT:
+        torch.addmm(out, block.t() if transpose else block, dense, beta=int(add), out=out)
+        return
+    rows = _repeat_index(block.crow_indices().diff(), block.values().numel())  # [nnz]
+    src, dst = (rows, block.col_indices()) if transpose else (block.col_indices(), rows)
+    if not add:
+        out.zero_()
+    out.index_add_(0, dst, dense.index_select(0, src) * block.values()[:, None])
 
 
 def _take(values: Tensor, index: Tensor) -> Tensor:
@@ -95,7 +123,7 @@ def _axis_taps(
     """
     dev, dt = start.device, start.dtype
     per_roi = grid * n_bins  # [K]
-    roi = torch.repeat_interleave(torch.arange(start.shape[0], device=dev), per_roi)  # [T]
+    roi = _repeat_index(per_roi, int(per_roi.sum()))  # [T]
     first_sample = torch.cumsum(per_roi, 0) - per_roi  # [K]
     local = torch.arange(roi.shape[0], device=dev) - _take(first_sample, roi)
     g = _take(grid, roi)
@@ -159,7 +187,7 @@ def _outer_rows(
     fa_row = fy[r0 * oh : r1 * oh].view(k, oh, 1).expand(k, oh, ow).flatten()  # [R]
     fb_row = fx[r0 * ow : r1 * ow].view(k, 1, ow).expand(k, oh, ow).flatten()  # [R]
     dev = row_nnz.device
-    q = torch.repeat_interleave(torch.arange(row_nnz.shape[0], device=dev), row_nnz)  # [E]
+    q = _repeat_index(row_nnz, int(row_nnz.sum()))  # [E]
     local = torch.arange(q.shape[0], device=dev) - _take(torch.cumsum(row_nnz, 0) - row_nnz, q)
     nb_q = _take(nb_row, q)
     i = local // nb_q
@@ -182,59 +210,118 @@ def _blocks(nnz_per_roi: Tensor, budget: int) -> list[tuple[int, int]]:
     return [(end - size, end) for size, end in zip(sizes, ends)]
 
 
-def _stack_rows(features: tuple[Tensor, ...]) -> Tensor:
-    """Levels [N, C, H_l, W_l] -> channels-last rows [sum_l N*H_l*W_l, C] (a view if possible)."""
-    if len(features) == 1:  # [N, C, H, W] -> [N, H, W, C] -> [NHW, C]; no copy if NHWC
-        return features[0].permute(0, 2, 3, 1).contiguous().view(-1, features[0].shape[1])
-    sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
-    rows = features[0].new_empty((sum(sizes), features[0].shape[1]))
-    for f, part in zip(features, rows.split(sizes)):
-        n, c, h, w = f.shape
-        part.view(n, h, w, c).copy_(f.permute(0, 2, 3, 1))  # [N, C, H, W] -> [N, H, W, C]
-    return rows
+def _image_rows(level: Tensor) -> list[Tensor]:
+    """[N, C, H, W] -> N views [H*W, C] (strided for NCHW, contiguous for NHWC)."""
+    n, c, h, w = level.shape
+    return [level[i].permute(1, 2, 0).reshape(h * w, c) for i in range(n)]  # views
 
 
-def _layouts(features: tuple[Tensor, ...]) -> list[tuple[torch.Size, bool]]:
-    """(shape, is channels_last) of each level."""
-    return [(f.shape, f.is_contiguous(memory_format=torch.channels_last)) for f in features]
+def _split_by_image(rows: Tensor, n: int, hw: int) -> list[Tensor]:
+    """Sorted row indices of a level -> per-image indices into its H*W rows."""
+    counts = torch.bincount(rows // hw, minlength=n).tolist()
+    return [part - i * hw for i, part in enumerate(rows.split(counts))]
 
 
-def _unstack_rows(grad_rows: Tensor, layouts: list[tuple[torch.Size, bool]]) -> list[Tensor]:
-    """Inverse of _stack_rows for gradients, in each level's own memory layout."""
-    sizes = [shape[0] * shape[2] * shape[3] for shape, _ in layouts]
-    grads = []
-    for (shape, channels_last), part in zip(layouts, grad_rows.split(sizes)):
-        n, c, h, w = shape
-        if channels_last:
-            grads.append(part.view(n, h, w, c).permute(0, 3, 1, 2))  # free view
+def _stack_rows(features: tuple[Tensor, ...], plan: list[Tensor | None]) -> Tensor:
+    """Channels-last rows of the levels, [sum_l rows_l, C]: all N*H_l*W_l rows of a level
+    whose plan is None (a transposed copy; a view for one NHWC level), else only the rows
+    listed (sorted indices into the level's N*H_l*W_l rows)."""
+    c = features[0].shape[1]
+    if len(features) == 1 and plan[0] is None:  # [N, C, H, W] -> [N, H, W, C] -> [NHW, C]
+        return features[0].permute(0, 2, 3, 1).contiguous().view(-1).view(-1, c)  # strides (C, 1)
+    sizes = [f.shape[0] * f.shape[2] * f.shape[3] if rows is None else rows.numel()
+             for f, rows in zip(features, plan)]
+    stacked = features[0].new_empty((sum(sizes), c))
+    for f, rows, part in zip(features, plan, stacked.split(sizes)):
+        n, _, h, w = f.shape
+        if rows is None:
+            part.view(n, h, w, c).copy_(f.permute(0, 2, 3, 1))  # [N, C, H, W] -> [N, H, W, C]
             continue
-        grad = part.new_empty(shape)
-        for i in range(n):  # [HW, C] -> [C, HW]: 2-D transposes take a blocked fast path
-            grad[i].view(c, h * w).copy_(part[i * h * w : (i + 1) * h * w].t())
+        per_image = _split_by_image(rows, n, h * w)
+        for image, index, out in zip(_image_rows(f), per_image, part.split(
+                [len(ix) for ix in per_image])):
+            torch.index_select(image, 0, index, out=out)
+    return stacked
+
+
+def _unstack_rows(
+    grad_rows: Tensor, layouts: list[tuple[torch.Size, bool]], plan: list[Tensor | None]
+) -> list[Tensor]:
+    """Inverse of _stack_rows for gradients, in each level's own memory layout."""
+    sizes = [shape[0] * shape[2] * shape[3] if rows is None else rows.numel()
+             for (shape, _), rows in zip(layouts, plan)]
+    grads = []
+    for (shape, channels_last), rows, part in zip(layouts, plan, grad_rows.split(sizes)):
+        n, c, h, w = shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if rows is not None:  # scatter the rows read (if any) into a zero gradient
+            grad = torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=fmt)
+            grad.zero_()
+            per_image = _split_by_image(rows, n, h * w)
+            for image, index, src in zip(_image_rows(grad), per_image, part.split(
+                    [len(ix) for ix in per_image])):
+                image.index_copy_(0, index, src)
+        elif channels_last:
+            grad = part.view(n, h, w, c).permute(0, 3, 1, 2)  # free view
+        else:
+            grad = part.new_empty(shape)
+            for i in range(n):  # [HW, C] -> [C, HW]: 2-D transposes take a blocked fast path
+                grad[i].view(c, h * w).copy_(part[i * h * w : (i + 1) * h * w].t())
         grads.append(grad)
     return grads
+
+
+def _column_plan(
+    blocks: list[Tensor], features: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """Which rows of each level the product reads. A level read at fewer than
+    _GATHER_BELOW of its pixels gives only those rows (gathered, cheaper than transposing
+    the whole map; none at all if unused) and the columns of S are renumbered to match."""
+    sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+    if len(features) == 1 and features[0].is_contiguous(memory_format=torch.channels_last):
+        return blocks, [None]  # its rows are a free view: nothing to save
+    used = torch.zeros(sum(sizes), dtype=torch.bool, device=features[0].device)
+    for block in blocks:
+        used[block.col_indices()] = True
+    plan: list[Tensor | None] = []
+    for used_level in used.split(sizes):
+        n_used = int(used_level.sum())
+        dense = n_used >= _GATHER_BELOW * used_level.numel()
+        plan.append(None if dense else used_level.nonzero().squeeze(1))
+    if all(rows is None for rows in plan):
+        return blocks, plan
+    keep = torch.cat([torch.ones_like(u) if rows is None else u
+                      for u, rows in zip(used.split(sizes), plan)])
+    new_col = torch.cumsum(keep, 0) - 1  # [sum sizes] old column -> new column
+    shape_new = int(keep.sum())
+    blocks = [_csr(block.crow_indices().diff(), _take(new_col, block.col_indices()),
+                   block.values(), (block.shape[0], shape_new)) for block in blocks]
+    return blocks, plan
 
 
 class _BinMix(torch.autograd.Function):
     """out[R, C] = S @ rows(features) for constant sparse blocks S; grad = S^T @ grad_out."""
 
     @staticmethod
-    def forward(ctx, blocks: list[Tensor], *features: Tensor) -> Tensor:  # type: ignore[override]
-        rows = _stack_rows(features)  # [sum NHW, C]
-        ctx.blocks, ctx.layouts = blocks, _layouts(features)
+    def forward(ctx, blocks: list[Tensor], plan: list[Tensor | None],  # type: ignore[override]
+                *features: Tensor) -> Tensor:
+        rows = _stack_rows(features, plan)  # [rows read, C]
+        ctx.blocks, ctx.plan = blocks, plan
+        ctx.layouts = [(f.shape, f.is_contiguous(memory_format=torch.channels_last))
+                       for f in features]
         out = rows.new_empty((sum(block.shape[0] for block in blocks), rows.shape[1]))
         for block, part in zip(blocks, out.split([b.shape[0] for b in blocks])):
-            torch.addmm(part, block, rows, beta=0, out=part)  # no zero-fill, no extra copy
+            _product(block, rows, part, transpose=False, add=False)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad = grad.contiguous()
-        grad_rows = grad.new_empty((ctx.blocks[0].shape[1], grad.shape[1]))  # [sum NHW, C]
+        grad_rows = grad.new_empty((ctx.blocks[0].shape[1], grad.shape[1]))  # [rows read, C]
         parts = grad.split([b.shape[0] for b in ctx.blocks])
         for i, (block, part) in enumerate(zip(ctx.blocks, parts)):
-            torch.addmm(grad_rows, block.t(), part, beta=1 if i else 0, out=grad_rows)
-        return (None, *_unstack_rows(grad_rows, ctx.layouts))
+            _product(block, part, grad_rows, transpose=True, add=i > 0)
+        return (None, None, *_unstack_rows(grad_rows, ctx.layouts, ctx.plan))
 
 
 def _level_tables(features: list[Tensor], scales: list[float], dtype: torch.dtype):
@@ -274,7 +361,8 @@ def _align_avg_rows(
             _outer_rows(taps_y, taps_x, out_hw, r0, r1, n_cols)
             for r0, r1 in _blocks(nnz_per_roi, _MAX_NNZ_PER_BLOCK)
         ]
-    return _BinMix.apply(blocks, *features)
+        blocks, plan = _column_plan(blocks, features)
+    return _BinMix.apply(blocks, plan, *features)
 
 
 def _rows_to_rois(rows: Tensor, k: int, out_hw: tuple[int, int], channels_last: bool) -> Tensor:

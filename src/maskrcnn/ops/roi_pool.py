@@ -6,11 +6,11 @@ Same results as torchvision.ops.roi_pool: RoI corners are rounded to feature pix
 pixels (the first one in raster order on ties) and empty bins give 0. The gradient goes
 to each bin's arg-max pixel.
 
-Vectorised as a separable max: for every RoI row, the max over each bin's column window
-(one pass over the bin-width offsets), then for every bin the max over its rows (one pass
-over the bin-height offsets). RoIs are grouped by size class (powers of two) so small RoIs
-do not pay for the padding of large ones; the loops run over offsets and size classes,
-never over RoIs.
+Vectorised as a separable max: for every map row a RoI spans, the max over each bin's
+column window, then for every bin the max of those over its rows. Each pass gathers the
+windows of one length at a time (a loop over distinct bin sizes, never over RoIs) and
+reduces them with one max; RoIs are pooled in blocks to bound memory. It reads each RoI's
+area once per channel, like the reference kernel, and runs a few times slower than it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .roi_align import _pair, boxes_to_rois
+from .roi_align import _blocks, _pair, _repeat_index, boxes_to_rois
 
 __all__ = ["roi_pool"]
+
+_CHUNK = 1 << 24  # elements of the largest intermediate (gathered windows, pass-1 maxima)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -43,53 +45,59 @@ def _bin_edges(
     return first.clamp(0, length), end.clamp(0, length)
 
 
-def _running_argmax(
-    rows: Tensor, best: Tensor, arg: Tensor, index: Tensor, valid: Tensor
+def _window_argmax(
+    table: Tensor, table_arg: Tensor | None, start: Tensor, length: Tensor, stride: int
 ) -> tuple[Tensor, Tensor]:
-    """Update (best, arg) [M, C] with candidates rows[index] [M, C] where valid [M]."""
-    cand = rows.index_select(0, index.clamp(0, rows.shape[0] - 1))  # [M, C]
-    better = (cand > best) & valid[:, None]  # strict: the first maximum wins ties
-    return torch.where(better, cand, best), torch.where(better, index[:, None], arg)
+    """Max over windows of rows: table rows start + stride * [0, length) for each query.
+
+    table: [T, C] values; table_arg: [T, C] pixel index of each value (None: the row
+    itself). start, length: [M] int64. Returns max [M, C] (-inf for empty windows) and the
+    pixel index of the first maximum [M, C] (-1 for empty windows). Queries are grouped by
+    length (a loop over distinct lengths), each group is one gather and one max reduction,
+    in chunks that bound memory.
+    """
+    m, c = start.shape[0], table.shape[1]
+    best = table.new_full((m, c), float("-inf"))
+    arg = torch.full((m, c), -1, dtype=torch.int64, device=table.device)
+    for size in torch.unique(length).tolist():
+        if size == 0:
+            continue
+        group = (length == size).nonzero().squeeze(1)
+        for part in group.split(max(1, _CHUNK // (size * c))):
+            rows = start[part, None] + stride * torch.arange(size, device=start.device)
+            values, which = table.index_select(0, rows.flatten()).view(-1, size, c).max(1)
+            picked = rows.gather(1, which)  # [m', C] table row of each maximum
+            best[part] = values
+            arg[part] = picked if table_arg is None else table_arg.gather(0, picked)
+    return best, arg
 
 
-def _pool_group(
+def _pool_bins(
     rows: Tensor, batch: Tensor, h_edges: tuple[Tensor, Tensor], w_edges: tuple[Tensor, Tensor],
     hw: tuple[int, int],
 ) -> Tensor:
-    """Arg-max row index (or -1) of every bin of k RoIs of similar size: [k*ph*pw, C]."""
+    """Arg-max pixel (row of rows, or -1 for empty bins) of every bin: [K*ph*pw, C].
+
+    Pass 1: for every map row y a RoI spans and every bin column, the max over the bin's
+    columns. Pass 2: for every bin, the max of pass 1 over the bin's rows. Ties keep the
+    first pixel in raster order, like the reference kernel.
+    """
     (h_first, h_end), (w_first, w_end), (height, width) = h_edges, w_edges, hw
     k, ph = h_first.shape
-    pw, c, dev = w_first.shape[1], rows.shape[1], rows.device
-    span_first = h_first[:, 0]  # [k] first row any bin of the RoI reads
-    span = int((h_end[:, -1] - span_first).clamp(min=0).max())
-    bin_w = (w_end - w_first).clamp(min=0)  # [k, pw]
-    bin_h = (h_end - h_first).clamp(min=0)  # [k, ph]
-    if span == 0:  # every bin is empty
-        return torch.full((k * ph * pw, c), -1, dtype=torch.int64, device=dev)
-    # Pass 1: per RoI row y and bin column, max over the bin's columns.  [k, span, pw] rows.
-    y = span_first[:, None] + torch.arange(span, device=dev)  # [k, span]
-    y_ok = y < h_end[:, -1:]
-    row_base = batch[:, None] * (height * width) + y * width  # [k, span]
-    best = rows.new_full((k * span * pw, c), float("-inf"))
-    arg = torch.full((k * span * pw, c), -1, dtype=torch.int64, device=dev)
-    for dx in range(int(bin_w.max()) if bin_w.numel() else 0):
-        index = (row_base[:, :, None] + (w_first + dx)[:, None, :]).flatten()  # [k*span*pw]
-        valid = (y_ok[:, :, None] & (dx < bin_w)[:, None, :]).flatten()
-        best, arg = _running_argmax(rows, best, arg, index, valid)
-    # Pass 2: per bin, max over its rows of pass 1.  [k, ph, pw] bins.
-    best_h = rows.new_full((k * ph * pw, c), float("-inf"))
-    arg_h = torch.full((k * ph * pw, c), -1, dtype=torch.int64, device=dev)
-    roi = torch.arange(k, device=dev)[:, None, None]
-    col = torch.arange(pw, device=dev)[None, None, :]
-    for dy in range(int(bin_h.max()) if bin_h.numel() else 0):
-        y_rel = (h_first - span_first[:, None] + dy).clamp(max=max(span - 1, 0))  # [k, ph]
-        pos = ((roi * span + y_rel[:, :, None]) * pw + col).flatten()  # [k*ph*pw] in pass 1
-        valid = (dy < bin_h)[:, :, None].expand(k, ph, pw).flatten()
-        cand, cand_arg = best.index_select(0, pos), arg.index_select(0, pos)
-        better = (cand > best_h) & valid[:, None]
-        best_h = torch.where(better, cand, best_h)
-        arg_h = torch.where(better, cand_arg, arg_h)
-    return arg_h
+    pw, dev = w_first.shape[1], rows.device
+    span_first = h_first[:, 0]  # [K] first map row any bin of the RoI reads
+    span = (h_end[:, -1] - span_first).clamp(min=0)  # [K] map rows it spans
+    first_q = torch.cumsum(span, 0) - span  # [K] first spanned row of each RoI
+    roi = _repeat_index(span, int(span.sum()))  # [S] RoI of each spanned row
+    y = span_first[roi] + torch.arange(roi.shape[0], device=dev) - first_q[roi]  # [S]
+    line = batch[roi] * (height * width) + y * width  # [S] pixel (y, 0) of the RoI's image
+    start1 = (line[:, None] + w_first[roi]).flatten()  # [S, pw] -> [S*pw] queries (r, y, px)
+    len1 = (w_end - w_first).clamp(min=0)[roi].flatten()
+    best1, arg1 = _window_argmax(rows, None, start1, len1, 1)  # [S*pw, C]
+    cols = torch.arange(pw, device=dev)
+    start2 = (first_q[:, None] + h_first - span_first[:, None])[:, :, None] * pw + cols
+    len2 = (h_end - h_first).clamp(min=0)[:, :, None].expand(k, ph, pw)
+    return _window_argmax(best1, arg1, start2.flatten(), len2.flatten(), pw)[1]
 
 
 def roi_pool(
@@ -115,17 +123,14 @@ def roi_pool(
         roi_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
         h_first, h_end = _bin_edges(corners[:, 1], roi_h, oh, height, rois.dtype)  # [K, oh]
         w_first, w_end = _bin_edges(corners[:, 0], roi_w, ow, width, rois.dtype)  # [K, ow]
-        span = torch.maximum(h_end[:, -1] - h_first[:, 0], w_end[:, -1] - w_first[:, 0])
-        size_class = torch.ceil(torch.log2(span.clamp(min=1).to(torch.float64))).to(torch.int64)
         batch = rois[:, 0].to(torch.int64)
-        arg = torch.full((rois.shape[0], oh * ow, c), -1, dtype=torch.int64, device=input.device)
-        for cls in torch.unique(size_class).tolist():
-            idx = (size_class == cls).nonzero().squeeze(1)
-            arg[idx] = _pool_group(
-                rows, batch[idx], (h_first[idx], h_end[idx]), (w_first[idx], w_end[idx]),
-                (height, width),
-            ).view(idx.shape[0], oh * ow, c)
-        arg = arg.view(-1, c)  # [K*oh*ow, C] row of the max, -1 for empty bins
+        # Pass 1 holds span * ow * C values per RoI: bound it by pooling RoIs in blocks.
+        work = (h_end[:, -1] - h_first[:, 0]).clamp(min=1) * ow * c
+        arg = torch.cat([
+            _pool_bins(rows, batch[r0:r1], (h_first[r0:r1], h_end[r0:r1]),
+                       (w_first[r0:r1], w_end[r0:r1]), (height, width))
+            for r0, r1 in _blocks(work, _CHUNK)
+        ])  # [K*oh*ow, C] row of the max, -1 for empty bins
     out = torch.gather(rows_grad, 0, arg.clamp(min=0))  # [K*oh*ow, C]
     out = torch.where(arg >= 0, out, 0.0)
     return out.view(-1, oh, ow, c).permute(0, 3, 1, 2).contiguous()  # [K, C, oh, ow]

@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ModelConfig, preset
+from ..structures import Detections
 from .train_config import RunConfig, TrainConfig
 
 __all__ = ["demo_run_config", "run_demo"]
 
 NUM_OVERLAYS = 12
+OVERLAY_SIZE = 384  # overlays of smaller images are enlarged by an integer factor
 
 
 def demo_model_config(image_size: int) -> ModelConfig:
@@ -32,6 +35,10 @@ def demo_model_config(image_size: int) -> ModelConfig:
     cfg.input.max_size = 2 * image_size
     cfg.anchors.sizes = (16, 32, 64, 128, 256)
     cfg.roi_heads.detections_per_image = 20  # at most 6 shapes per image
+    # few objects per image: fewer proposals and RoIs than the preset (faster iterations)
+    cfg.rpn.pre_nms_top_n_train, cfg.rpn.post_nms_top_n_train = 600, 300
+    cfg.rpn.pre_nms_top_n_test, cfg.rpn.post_nms_top_n_test = 300, 100
+    cfg.roi_heads.batch_size_per_image = 64
     return cfg
 
 
@@ -110,6 +117,7 @@ def _device(device: str) -> torch.device:
 
 
 def _overlays(model, val_set, folder: Path) -> Path:
+    """Validation images with the predicted masks, enlarged to about 384 px for viewing."""
     from ..visualize import save_overlay
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,6 +128,20 @@ def _overlays(model, val_set, folder: Path) -> Path:
         if image is None:
             continue
         dets = model.predict([image.to(device)])[0].to("cpu")
+        scale = max(1, round(OVERLAY_SIZE / max(image.shape[-2:])))
+        if scale > 1:
+            image, dets = _enlarge(image, dets, scale)
         stem = Path(meta["file_name"]).stem
         save_overlay(image, dets, folder / f"{stem}.png", names, score_thresh=0.5)
     return folder
+
+
+def _enlarge(image: torch.Tensor, dets: Detections, scale: int
+             ) -> tuple[torch.Tensor, Detections]:
+    """Image [3, H, W] and its detections scaled by an integer factor (masks: nearest)."""
+    big = F.interpolate(image[None], scale_factor=scale, mode="bilinear",
+                        align_corners=False)[0].clamp(0, 1)
+    masks = None
+    if dets.masks is not None:
+        masks = dets.masks.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return big, Detections(dets.boxes * scale, dets.scores, dets.labels, masks)

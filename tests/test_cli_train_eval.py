@@ -254,3 +254,19 @@ def test_config_file_and_overrides(tmp_path):
     assert load_run_config(bare).model.roi_heads.num_classes == 7
     with pytest.raises(ValueError, match="optimizer"):
         apply_overrides(run, ["optimizer=adam"])
+
+
+def test_demo_wiring(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.005", "--train", "4", "--val", "2",
+                 "--size", "64", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "mask AP" in printed and str(out / "overlays") in printed
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == ["val_00000.png", "val_00001.png"]
+    from PIL import Image
+
+    assert Image.open(out / "overlays" / "val_00000.png").size == (384, 384)  # enlarged x6
+    assert (out / "train" / "model_final.pt").is_file()

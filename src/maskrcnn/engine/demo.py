@@ -70,7 +70,7 @@ def _dataset(root: Path, num_train: int, num_val: int, image_size: int) -> dict[
     return info
 
 
-def run_demo(out: str, *, minutes: float = 8.0, num_train: int = 300, num_val: int = 50,
+def run_demo(out: str, *, minutes: float = 8.5, num_train: int = 300, num_val: int = 50,
              image_size: int = 192, device: str = "auto") -> dict[str, Any]:
     """Dataset -> training -> evaluation -> overlays under `out`. Returns the metrics."""
     from .inference import evaluate_model

@@ -270,3 +270,4 @@ def test_demo_wiring(tmp_path, capsys):
 
     assert Image.open(out / "overlays" / "val_00000.png").size == (384, 384)  # enlarged x6
     assert (out / "train" / "model_final.pt").is_file()
+    assert len(list((out / "train" / "checkpoints").iterdir())) == 1  # only the final one

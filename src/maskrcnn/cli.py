@@ -101,7 +101,7 @@ recall plots DIR/pr_bbox.png, DIR/pr_segm.png."""
 
 DEMO_EXAMPLES = """examples:
   maskrcnn demo --out runs/demo                 # under 10 minutes on 2 CPU cores
-  maskrcnn demo --out runs/quick --minutes 2    # a shorter (less accurate) run
+  maskrcnn demo --out runs/quick --iters 300    # a shorter (less accurate) run
 writes RUN/data/ (the shapes dataset), RUN/train/ (the training run), RUN/eval/ and
 RUN/overlays/*.png (validation images with the predicted masks)."""
 
@@ -276,8 +276,8 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
 def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, num_train=args.train, num_val=args.val,
-             image_size=args.size, device=args.device)
+    run_demo(args.out, minutes=args.minutes, iters=args.iters, num_train=args.train,
+             num_val=args.val, image_size=args.size, device=args.device)
     return 0
 
 
@@ -285,8 +285,8 @@ def _add_train_parser(commands) -> None:
     p = commands.add_parser(
         "train", help="train on a COCO-format dataset", epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train Mask R-CNN (SGD, warmup, step/cosine schedule, checkpoints, "
-                    "validation, resume; DistributedDataParallel under torchrun).",
+        description="Train Mask R-CNN: SGD, warmup, step or cosine schedule, checkpoints,\n"
+                    "validation, resume; DistributedDataParallel under torchrun.",
     )
     p.add_argument("--train-json", required=True, help="COCO instances JSON of the training set")
     p.add_argument("--train-images", required=True, help="folder of the training images")
@@ -349,7 +349,9 @@ def _add_small_parsers(commands) -> None:
         epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="folder (runs/demo)")
-    p.add_argument("--minutes", type=float, default=8.5, help="training time (default 8.5)")
+    p.add_argument("--iters", type=int, default=1100, help="training iterations (default 1100)")
+    p.add_argument("--minutes", type=float, default=8.5,
+                   help="training time limit (default 8.5)")
     p.add_argument("--train", type=int, default=300, help="training images (default 300)")
     p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     p.add_argument("--size", type=int, default=192, help="image side (default 192)")

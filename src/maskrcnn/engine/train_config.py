@@ -60,7 +60,7 @@ class TrainConfig:
     log_period: int = 20  # iterations between progress lines and metrics.jsonl records
     eval_period: int = 0  # iterations between validations; 0 = only at the end
     eval_minutes: float = 0.0  # or: validate every this many minutes of training
-    checkpoint_period: int = 500  # iterations between checkpoints (and at the end)
+    checkpoint_period: int = 500  # iterations between checkpoints; 0 = only at the end
     checkpoint_minutes: float = 10.0  # also checkpoint after this many minutes without one
     keep_checkpoints: int = 3  # the last few are kept
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...

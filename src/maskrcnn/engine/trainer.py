@@ -287,7 +287,7 @@ class Trainer:
         else:
             self._progress_line(self.window.latest())
         since_ckpt = state.elapsed - state.checkpoint_elapsed
-        if (done or state.iteration % max(cfg.checkpoint_period, 1) == 0
+        if (done or (cfg.checkpoint_period > 0 and state.iteration % cfg.checkpoint_period == 0)
                 or (cfg.checkpoint_minutes > 0 and since_ckpt >= 60 * cfg.checkpoint_minutes)):
             self._save_checkpoint()
         since_eval = state.elapsed - state.eval_elapsed

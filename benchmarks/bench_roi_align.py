@@ -7,8 +7,12 @@ Cases (the model's real shapes, R50-FPN at 800x1216):
   a4 the same 1000 RoIs over P2..P5 (MultiLevelRoIAlign vs torchvision MultiScaleRoIAlign)
   b  100 RoIs at 14x14, sampling 2, on the [1, 256, 200, 304] map
   b4 the same 100 RoIs over P2..P5
-plus the detectron2 setting (aligned, adaptive sampling) on the 4-level case, and ours on a
-channels_last copy of the map (what a channels_last model gives it). RoIs are random
+plus the detectron2 setting (aligned, adaptive sampling) on the 4-level case, ours on a
+channels_last copy of the map (what a channels_last model gives it), and the mask head's
+training targets:
+  m  128 RoIs cropped to 28x28 (adaptive sampling) from 20 one-channel 800x1216 uint8 masks,
+     maskrcnn.ops.roi_align_masks vs torchvision's roi_align on the masks as float (what
+     torchvision's project_masks_on_boxes does; forward only). RoIs are random
 boxes of 16..400 px (width and height independent) inside the 800x1216 image. Runs of ours
 and torchvision alternate (order swapped every run); the table shows medians in ms and the
 ratio ours / torchvision (below 1: we are faster).
@@ -35,6 +39,7 @@ import torchvision
 
 from maskrcnn.modeling.poolers import MultiLevelRoIAlign
 from maskrcnn.ops.roi_align import roi_align
+from maskrcnn.ops.roi_align_masks import roi_align_masks
 
 IMAGE_HW = (800, 1216)
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -91,6 +96,26 @@ def multi_level_case(gen, k, out, sampling, aligned):
     return feats, lambda: pooler(feats, boxes), ref
 
 
+def mask_target_case(gen, k, g):
+    """k RoIs around g rectangle masks (the positives' ground truth), as in training."""
+    boxes = random_boxes(gen, g)
+    masks = torch.zeros(g, *IMAGE_HW, dtype=torch.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
+        masks[i, y1:y2, x1:x2] = 1
+    index = torch.randint(0, g, (k,), generator=gen)
+    jitter = torch.empty(k, 4).uniform_(-0.1, 0.1, generator=gen)
+    size = (boxes[index, 2:] - boxes[index, :2]).repeat(1, 2)
+    rois = torch.cat([index[:, None].float(), boxes[index] + jitter * size], dim=1)
+
+    def ours():
+        return roi_align_masks(masks, rois, 28, 0, False)
+
+    def ref():
+        return torchvision.ops.roi_align(masks[:, None].to(rois), rois, 28, 1.0, 0, False)[:, 0]
+
+    return [], ours, ref
+
+
 def timed(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], grad: torch.Tensor | None):
     for t in inputs:
         t.grad = None
@@ -106,7 +131,8 @@ def bench(name, case, runs, rows):
     out_ours, out_ref = ours(), ref()
     diff = (out_ours - out_ref).abs().max().item()
     grad = torch.randn_like(out_ref)
-    for mode, g in (("fwd", None), ("fwd+bwd", grad)):
+    passes = (("fwd", None), ("fwd+bwd", grad)) if feats else (("fwd", None),)
+    for mode, g in passes:
         times = {"ours": [], "tv": []}
         timed(ours, feats, g), timed(ref, feats, g)  # warm-up
         for run in range(runs):
@@ -134,6 +160,7 @@ def main() -> None:
         ("d2 1000 RoIs 7x7 aligned adapt P2-P5", lambda: multi_level_case(gen, 1000, 7, 0, True)),
         ("a  ours on channels_last map", lambda: single_level_case(gen, 1000, 7, 2, False, True)),
         ("b  ours on channels_last map", lambda: single_level_case(gen, 100, 14, 2, False, True)),
+        ("m  mask targets 128 RoIs 28x28 adapt", lambda: mask_target_case(gen, 128, 20)),
     ]
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"threads {torch.get_num_threads()}, runs {args.runs} (median), "

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..io.atomic import atomic_write
+
 __all__ = ["MetricsWriter", "ProgressPrinter", "format_seconds", "read_metrics"]
 
 _SHORT_NAMES = {
@@ -67,11 +69,7 @@ class MetricsWriter:
         if not self.enabled or not self.path.is_file():
             return
         kept = [r for r in read_metrics(self.path) if int(r.get("iter", 0)) <= iteration]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: Mapping[str, Any]) -> None:
         """One JSON line (flushed), and every number in it to TensorBoard."""

@@ -130,10 +130,9 @@ def save_run_config(run: RunConfig, path: str | os.PathLike) -> None:
     """Write the full run config as YAML (atomically: temporary file, then rename)."""
     import yaml
 
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(run_config_to_dict(run), f, sort_keys=False)
-    os.replace(tmp, path)
+    from ..io.atomic import atomic_write
+
+    atomic_write(path, lambda f: yaml.safe_dump(run_config_to_dict(run), f, sort_keys=False))
 
 
 def apply_overrides(run: RunConfig, overrides: list[str]) -> RunConfig:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,8 @@ import pycocotools.mask as mask_utils
 import torch
 
 from maskrcnn.structures import Detections
+
+from .atomic import atomic_write
 
 __all__ = [
     "detections_to_coco",
@@ -141,23 +141,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write `obj` as JSON to `path` via a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `obj` as JSON to `path` atomically (readers never see a partial file)."""
+    atomic_write(path, lambda f: json.dump(obj, f, default=_json_default))
 
 
 def write_results_json(results: list[dict[str, Any]], path: str | os.PathLike) -> None:

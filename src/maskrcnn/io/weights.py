@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, config_from_dict, config_to_dict, preset
+from .atomic import atomic_write
 from .torchvision_keys import map_torchvision_backbone_key
 
 CHECKPOINT_FORMAT = "maskrcnn"
@@ -160,17 +160,5 @@ def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to `path` atomically (a kill leaves the old file or the new one)."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)

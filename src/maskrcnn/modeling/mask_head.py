@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.roi_align import roi_align
+from ..ops.roi_align_masks import roi_align_masks
 
 
 class MaskHead(nn.Module):
@@ -98,8 +98,6 @@ def mask_targets(
         gt_masks_per_image, proposals_per_image, matched_idxs_per_image
     ):
         rois = torch.cat([matched_idxs[:, None].to(proposals), proposals], dim=1)  # [P_i, 5]
-        masks = gt_masks[:, None].to(proposals)  # [G_i, 1, H, W]
-        cropped = roi_align(masks, rois, (resolution, resolution), 1.0, 0, aligned)[:, 0]
-        targets.append(cropped)
+        targets.append(roi_align_masks(gt_masks, rois, resolution, 0, aligned))  # [P_i, M, M]
     targets = torch.cat(targets)
     return (targets >= 0.5).to(targets.dtype) if binarize else targets

@@ -45,7 +45,10 @@ def image_to_tensor(image: Any) -> Tensor:
         if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
             raise ValueError(f"expected an HxW or HxWxC image array, got shape {image.shape}")
         array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on those
+            array = array.copy()
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
         return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
     raise TypeError(f"cannot use an image of type {type(image).__name__}")
 

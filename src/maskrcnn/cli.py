@@ -256,7 +256,7 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
         main_rank = dist.is_main_process()
         _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=main_rank,
                                        name="eval")
-        model = load_model(args.weights, device=device)
+        model = load_model(args.weights, device=device).optimize_for_inference()
         if args.score_thresh is not None:
             model.cfg.roi_heads.score_thresh = args.score_thresh
         metrics, results = evaluate_model(

@@ -50,6 +50,17 @@ def test_bool_masks_and_float64_rois():
     assert_close(got, expected, atol=1e-12, rtol=0)
 
 
+def test_full_precision_under_autocast():
+    gen = torch.Generator().manual_seed(2)
+    masks = blob_masks(gen, 2, 30, 30)
+    rois = torch.cat([torch.tensor([[0.0], [1.0], [1.0], [0.0], [1.0]]),
+                      random_boxes(gen, 5, 30, 30)], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = roi_align_masks(masks, rois, 14)
+    assert got.dtype == torch.float32
+    assert_close(got, roi_align_masks(masks, rois, 14), atol=0, rtol=0)
+
+
 def test_empty_inputs():
     masks = torch.ones(2, 10, 10)
     assert roi_align_masks(masks, torch.zeros(0, 5), 28).shape == (0, 28, 28)

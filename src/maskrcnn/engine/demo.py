@@ -94,7 +94,7 @@ def run_demo(out: str, *, minutes: float = 8.5, iters: int = DEMO_ITERS, num_tra
 
     from ..io.weights import load_model
 
-    model = load_model(run_dir / "model_final.pt", device=_device(device))
+    model = load_model(run_dir / "model_final.pt", device=_device(device)).optimize_for_inference()
     print("evaluating on the validation images ...", flush=True)
     _, val_set = load_eval_dataset(info["val_json"], info["images_dir"])
     metrics, _ = evaluate_model(model, val_set, info["val_json"],

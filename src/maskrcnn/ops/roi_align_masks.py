@@ -52,11 +52,12 @@ def roi_align_masks(
     wy = _axis_matrix(taps_y, y0, p, oh, int(y_len.max()))  # [P, oh, max window height]
     wx = _axis_matrix(taps_x, x0, p, ow, int(x_len.max()))  # [P, ow, max window width]
     index = rois[:, 0].to(torch.int64).tolist()
-    for i, (y, h, x, w) in enumerate(zip(y0.tolist(), y_len.tolist(), x0.tolist(),
-                                         x_len.tolist())):
-        if h and w:
-            window = masks[index[i], y : y + h, x : x + w].to(dt)  # [h, w]
-            torch.matmul(wy[i, :, :h] @ window, wx[i, :, :w].T, out=out[i])
+    windows = zip(y0.tolist(), y_len.tolist(), x0.tolist(), x_len.tolist())
+    with torch.autocast(masks.device.type, enabled=False):  # targets stay in full precision
+        for i, (y, h, x, w) in enumerate(windows):
+            if h and w:
+                window = masks[index[i], y : y + h, x : x + w].to(dt)  # [h, w]
+                torch.matmul(wy[i, :, :h] @ window, wx[i, :, :w].T, out=out[i])
     return out
 
 

@@ -18,6 +18,7 @@ from .roi_align import _axis_taps, _pair, _roi_geometry, _take
 
 __all__ = ["roi_align_masks"]
 
+
 def roi_align_masks(
     masks: Tensor,
     rois: Tensor,

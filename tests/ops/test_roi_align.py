@@ -10,6 +10,7 @@ import torchvision
 from torch.testing import assert_close
 
 from maskrcnn.ops import roi_align as roi_align_module
+from maskrcnn.ops import roi_weights
 from maskrcnn.ops.roi_align import roi_align
 
 
@@ -223,13 +224,13 @@ def test_split_into_blocks_matches(monkeypatch):
     inp = torch.randn(2, 3, 30, 40, generator=gen, requires_grad=True)
     rois = random_rois(gen, [10, 12], 30, 40)[1]
     monkeypatch.setattr(roi_align_module, "_MAX_NNZ_PER_BLOCK", 500)
-    built, outer_rows = [], roi_align_module._outer_rows
+    built, outer_rows = [], roi_align_module.outer_rows
 
     def spy(*args):
         built.append(args)
         return outer_rows(*args)
 
-    monkeypatch.setattr(roi_align_module, "_outer_rows", spy)
+    monkeypatch.setattr(roi_align_module, "outer_rows", spy)
     ours = roi_align(inp, rois, 6, 1.0, 0, False)
     assert len(built) > 3
     ref = torchvision.ops.roi_align(inp, rois, 6, 1.0, 0, False)
@@ -237,7 +238,7 @@ def test_split_into_blocks_matches(monkeypatch):
     grad_out = torch.randn(ours.shape, generator=gen)
     assert_close(grads(ours, inp, grad_out), grads(ref, inp, grad_out))
     nnz = torch.randint(1, 400, (50,), generator=gen)
-    blocks = roi_align_module._blocks(nnz, 500)
+    blocks = roi_weights.block_ranges(nnz, 500)
     assert [r0 for r0, _ in blocks] == [0] + [r1 for _, r1 in blocks[:-1]] and blocks[-1][1] == 50
     assert len(blocks) > 10 and all(int(nnz[r0:r1].sum()) < 500 + 400 for r0, r1 in blocks)
 

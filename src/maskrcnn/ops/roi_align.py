@@ -8,7 +8,8 @@ sums the y-taps of the bin's sample rows and ``b`` the x-taps of its sample colu
 ``a`` and ``b`` per bin (merging taps that hit the same pixel row or column, so a bin of 2x2
 samples spanning 1.5 pixels costs 3x3 entries, not 16), take their outer products as CSR rows
 (adaptive sampling just gives rows of different lengths), multiply in the sparse BLAS, and
-backpropagate with ``S^T @ grad``. All of it is vectorised over RoIs. Results match
+backpropagate with ``S^T @ grad``. All of it is vectorised over RoIs (the weights are built
+in roi_weights; this module stacks the feature rows and multiplies). Results match
 torchvision.ops.roi_align.
 
 Several feature levels (FPN) are one product too: the rows of all levels are stacked and
@@ -20,11 +21,20 @@ rows once per call; a level whose RoIs read few of its pixels gives only those r
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .roi_weights import (
+    axis_taps,
+    block_ranges,
+    csr,
+    outer_rows,
+    pair,
+    repeat_index,
+    roi_geometry,
+    take,
+)
 
 __all__ = ["roi_align", "roi_align_levels", "boxes_to_rois"]
 
@@ -47,17 +57,8 @@ def boxes_to_rois(boxes: Tensor | list[Tensor], dtype: torch.dtype | None = None
     dtype = dtype or boxes[0].dtype
     cat = torch.cat([b.to(dtype).reshape(-1, 4) for b in boxes], dim=0)  # [K, 4]
     counts = torch.tensor([b.shape[0] for b in boxes], device=cat.device)
-    batch_idx = _repeat_index(counts, cat.shape[0])
+    batch_idx = repeat_index(counts, cat.shape[0])
     return torch.cat([batch_idx.to(dtype)[:, None], cat], dim=1)  # [K, 5]
-
-
-def _repeat_index(counts: Tensor, total: int) -> Tensor:
-    """repeat_interleave(arange(len(counts)), counts), total = counts.sum(), with serial ops:
-    repeat_interleave always opens an OpenMP region, which costs a scheduler time slice per
-    call when other processes load the cores."""
-    marks = torch.zeros(total + 1, dtype=torch.int64, device=counts.device)
-    marks.index_add_(0, torch.cumsum(counts, 0) - counts, torch.ones_like(counts))
-    return torch.cumsum(marks[:total], 0) - 1  # [total]
 
 
 def _product(block: Tensor, dense: Tensor, out: Tensor, transpose: bool, add: bool) -> None:
@@ -66,148 +67,11 @@ def _product(block: Tensor, dense: Tensor, out: Tensor, transpose: bool, add: bo
     if block.values().numel() * dense.shape[1] >= _SMALL_PRODUCT:
         torch.addmm(out, block.t() if transpose else block, dense, beta=int(add), out=out)
         return
-    rows = _repeat_index(block.crow_indices().diff(), block.values().numel())  # [nnz]
+    rows = repeat_index(block.crow_indices().diff(), block.values().numel())  # [nnz]
     src, dst = (rows, block.col_indices()) if transpose else (block.col_indices(), rows)
     if not add:
         out.zero_()
     out.index_add_(0, dst, dense.index_select(0, src) * block.values()[:, None])
-
-
-def _take(values: Tensor, index: Tensor) -> Tensor:
-    """values[index] for 1-D tensors (index_select is several times faster than indexing)."""
-    return values.index_select(0, index)
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
-
-
-def _roi_geometry(
-    rois: Tensor, out_hw: tuple[int, int], scale: Tensor, sampling_ratio: int, aligned: bool
-) -> tuple[Tensor, ...]:
-    """Per-RoI start, bin size and samples per bin, in feature-map pixels. scale: [K].
-
-    Returns y1, x1, bin_h, bin_w ([K], rois' dtype) and grid_h, grid_w ([K] int64, >= 0).
-    """
-    offset = 0.5 if aligned else 0.0
-    x1 = rois[:, 1] * scale - offset
-    y1 = rois[:, 2] * scale - offset
-    roi_w = rois[:, 3] * scale - offset - x1
-    roi_h = rois[:, 4] * scale - offset - y1
-    if not aligned:  # legacy behaviour: RoIs are at least one pixel wide
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / out_hw[0]
-    bin_w = roi_w / out_hw[1]
-    if sampling_ratio > 0:
-        grid_h = torch.full_like(bin_h, sampling_ratio, dtype=torch.int64)
-        grid_w = grid_h
-    else:  # adaptive: ceil(roi_size / output_size) samples per bin and axis
-        grid_h = torch.ceil(bin_h).to(torch.int64).clamp(min=0)
-        grid_w = torch.ceil(bin_w).to(torch.int64).clamp(min=0)
-    return y1, x1, bin_h, bin_w, grid_h, grid_w
-
-
-def _axis_taps(
-    start: Tensor, bin_size: Tensor, grid: Tensor, n_bins: int, length: Tensor, gain: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bilinear taps along one axis for every (RoI, bin), merged per pixel.
-
-    start, bin_size, gain: [K] float; grid, length: [K] int64 samples per bin and map size.
-    A sample at c reads 0 if c < -1 or c > length, else is clamped to [0, length - 1].
-    Returns counts [K*n_bins] (taps per bin), segment [E] (bin of each tap), pos [E] int64
-    pixel and weight [E] (times the RoI's gain); taps are grouped by bin, in increasing
-    pos, zero weights dropped.
-    """
-    dev, dt = start.device, start.dtype
-    per_roi = grid * n_bins  # [K]
-    roi = _repeat_index(per_roi, int(per_roi.sum()))  # [T]
-    first_sample = torch.cumsum(per_roi, 0) - per_roi  # [K]
-    local = torch.arange(roi.shape[0], device=dev) - _take(first_sample, roi)
-    g = _take(grid, roi)
-    p = local // g  # bin index
-    i = local - p * g  # sample index inside the bin
-    b = _take(bin_size, roi)
-    # Same operation order as the reference kernels: start + p*bin + (i + .5)*bin / grid.
-    c = _take(start, roi) + p.to(dt) * b + (i.to(dt) + 0.5) * b / g.to(dt)
-    last = _take(length, roi) - 1
-    inside = ((c >= -1.0) & (c <= last + 1)).to(dt) * _take(gain, roi)
-    c = c.clamp(min=0.0)
-    low = torch.minimum(c.to(torch.int64), last)
-    frac = (c - low.to(dt)) * (low < last)  # 0 on the last row
-    high = torch.minimum(low + 1, last)
-    return _merge_taps(roi * n_bins + p, start.shape[0] * n_bins, low, high, frac, inside)
-
-
-def _merge_taps(
-    seg: Tensor, n_seg: int, low: Tensor, high: Tensor, frac: Tensor, inside: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sum the (low, 1-frac) and (high, frac) taps of each segment per pixel; see _axis_taps."""
-    first = torch.zeros(n_seg, dtype=torch.int64, device=seg.device)
-    first = first.scatter_reduce(0, seg, low, "amin", include_self=False)  # [S]
-    base = _take(first, seg)
-    span = int((high - base).max()) + 1 if seg.numel() else 1
-    buf = frac.new_zeros(n_seg * span)
-    buf.index_add_(0, seg * span + (low - base), (1.0 - frac) * inside)
-    buf.index_add_(0, seg * span + (high - base), frac * inside)
-    keep = buf != 0  # [S * span]: weight by segment and offset from its first pixel
-    flat_nz = keep.nonzero().squeeze(1)  # increasing: grouped by segment
-    seg_nz = flat_nz // span
-    pos = _take(first, seg_nz) + (flat_nz - seg_nz * span)
-    return keep.view(n_seg, span).sum(1), seg_nz, pos, _take(buf, flat_nz)
-
-
-def _csr(row_lengths: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
-    """CSR matrix from entries already sorted by row. row_lengths: [R] int64."""
-    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=cols.device)
-    torch.cumsum(row_lengths, 0, out=crow[1:])
-    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
-
-
-def _outer_rows(
-    taps_y: tuple[Tensor, ...], taps_x: tuple[Tensor, ...], out_hw: tuple[int, int],
-    r0: int, r1: int, n_cols: int,
-) -> Tensor:
-    """CSR block of S for RoIs r0..r1-1: row (r, py, px) = outer(a[r, py], b[r, px]).
-
-    taps_*: (counts [K*n], index of the first tap [K*n], column part [E], weight [E]) per
-    axis; an entry's column is y part (row offset + y * W) + x part (x). Every entry is
-    enumerated as (row, y tap, x tap) with integer arithmetic on flat indices.
-    """
-    (cy, fy, col_y, wy), (cx, fx, col_x, wx) = taps_y, taps_x
-    (oh, ow), k = out_hw, r1 - r0
-    na = cy[r0 * oh : r1 * oh].view(k, oh, 1)
-    nb = cx[r0 * ow : r1 * ow].view(k, 1, ow)
-    row_nnz = (na * nb).flatten()  # [k, oh, ow] -> [R]
-    nb_row = nb.expand(k, oh, ow).flatten()  # [R]
-    fa_row = fy[r0 * oh : r1 * oh].view(k, oh, 1).expand(k, oh, ow).flatten()  # [R]
-    fb_row = fx[r0 * ow : r1 * ow].view(k, 1, ow).expand(k, oh, ow).flatten()  # [R]
-    dev = row_nnz.device
-    q = _repeat_index(row_nnz, int(row_nnz.sum()))  # [E]
-    local = torch.arange(q.shape[0], device=dev) - _take(torch.cumsum(row_nnz, 0) - row_nnz, q)
-    nb_q = _take(nb_row, q)
-    i = local // nb_q
-    ia = _take(fa_row, q) + i  # y tap of each entry
-    ib = _take(fb_row, q) + (local - i * nb_q)  # x tap of each entry
-    cols = _take(col_y, ia) + _take(col_x, ib)
-    return _csr(row_nnz, cols, _take(wy, ia) * _take(wx, ib), (row_nnz.shape[0], n_cols))
-
-
-def _blocks(nnz_per_roi: Tensor, budget: int) -> list[tuple[int, int]]:
-    """Split RoIs 0..K-1 into consecutive ranges of about budget non-zeros: a range holds
-    the RoIs whose cumulative count ends in the same multiple of budget (so at most budget
-    plus one RoI's non-zeros)."""
-    k = nnz_per_roi.shape[0]
-    if k == 0 or int(nnz_per_roi.sum()) <= budget:
-        return [(0, k)]
-    block_id = (torch.cumsum(nnz_per_roi, 0) - 1).clamp(min=0) // budget  # [K] non-decreasing
-    sizes = torch.unique_consecutive(block_id, return_counts=True)[1].tolist()
-    ends = torch.cumsum(torch.tensor(sizes), 0).tolist()
-    return [(end - size, end) for size, end in zip(sizes, ends)]
 
 
 def _image_rows(level: Tensor) -> list[Tensor]:
@@ -294,7 +158,7 @@ def _column_plan(
                       for u, rows in zip(used.split(sizes), plan)])
     new_col = torch.cumsum(keep, 0) - 1  # [sum sizes] old column -> new column
     shape_new = int(keep.sum())
-    blocks = [_csr(block.crow_indices().diff(), _take(new_col, block.col_indices()),
+    blocks = [csr(block.crow_indices().diff(), take(new_col, block.col_indices()),
                    block.values(), (block.shape[0], shape_new)) for block in blocks]
     return blocks, plan
 
@@ -342,24 +206,24 @@ def _align_avg_rows(
     (oh, ow), k = out_hw, rois.shape[0]
     with torch.no_grad():
         scale, heights, widths, first_row = _level_tables(features, scales, rois.dtype)
-        height, width = _take(heights, levels), _take(widths, levels)  # [K]
-        y1, x1, bin_h, bin_w, grid_h, grid_w = _roi_geometry(
-            rois, out_hw, _take(scale, levels), sampling_ratio, aligned
+        height, width = take(heights, levels), take(widths, levels)  # [K]
+        y1, x1, bin_h, bin_w, grid_h, grid_w = roi_geometry(
+            rois, out_hw, take(scale, levels), sampling_ratio, aligned
         )
         gain = 1.0 / (grid_h * grid_w).clamp(min=1).to(rois.dtype)  # average of the samples
-        cy, seg_y, pos_y, wy = _axis_taps(y1, bin_h, grid_h, oh, height, gain)
-        cx, _, pos_x, wx = _axis_taps(x1, bin_w, grid_w, ow, width, torch.ones_like(gain))
+        cy, seg_y, pos_y, wy = axis_taps(y1, bin_h, grid_h, oh, height, gain)
+        cx, _, pos_x, wx = axis_taps(x1, bin_w, grid_w, ow, width, torch.ones_like(gain))
         # First row of each RoI's image in the stacked rows, then y * W: [K] -> [Ey]
-        image_row = _take(first_row, levels) + rois[:, 0].to(torch.int64) * height * width
+        image_row = take(first_row, levels) + rois[:, 0].to(torch.int64) * height * width
         roi_y = seg_y // oh
-        col_y = _take(image_row, roi_y) + pos_y * _take(width, roi_y)
+        col_y = take(image_row, roi_y) + pos_y * take(width, roi_y)
         taps_y = (cy, torch.cumsum(cy, 0) - cy, col_y, wy)
         taps_x = (cx, torch.cumsum(cx, 0) - cx, pos_x, wx)
         nnz_per_roi = cy.view(k, oh).sum(1) * cx.view(k, ow).sum(1)  # [K]
         n_cols = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in features)
         blocks = [
-            _outer_rows(taps_y, taps_x, out_hw, r0, r1, n_cols)
-            for r0, r1 in _blocks(nnz_per_roi, _MAX_NNZ_PER_BLOCK)
+            outer_rows(taps_y, taps_x, out_hw, r0, r1, n_cols)
+            for r0, r1 in block_ranges(nnz_per_roi, _MAX_NNZ_PER_BLOCK)
         ]
         blocks, plan = _column_plan(blocks, features)
     return _BinMix.apply(blocks, plan, *features)
@@ -380,7 +244,7 @@ def _align_max(
     distinct sampling grids only (one for a fixed sampling ratio)."""
     k, c = rois.shape[0], features[0].shape[1]
     scale = _level_tables(features, scales, rois.dtype)[0]
-    grid_h, grid_w = _roi_geometry(rois, out_hw, _take(scale, levels), sampling_ratio, aligned)[4:]
+    grid_h, grid_w = roi_geometry(rois, out_hw, take(scale, levels), sampling_ratio, aligned)[4:]
     grids = torch.unique(torch.stack([grid_h, grid_w], 1), dim=0).tolist()
     if all(gy == 0 or gx == 0 for gy, gx in grids):  # no samples at all (or no RoIs): zeros,
         rows = _align_avg_rows(features, rois, levels, out_hw, scales, sampling_ratio, aligned)
@@ -419,7 +283,7 @@ def roi_align_levels(
         raise ValueError(f"reduction must be 'avg' or 'max', got {reduction!r}")
     if len(features) != len(scales) or any(f.dim() != 4 for f in features):
         raise ValueError("need one spatial scale per [N, C, H, W] feature level")
-    out_hw = _pair(output_size)
+    out_hw = pair(output_size)
     dtype = features[0].dtype
     # The sparse BLAS has float32/float64 kernels; other float types compute in float32.
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32

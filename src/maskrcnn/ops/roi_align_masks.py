@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .roi_align import _axis_taps, _pair, _roi_geometry, _take
+from .roi_weights import axis_taps, pair, roi_geometry, take
 
 __all__ = ["roi_align_masks"]
 
@@ -34,7 +34,7 @@ def roi_align_masks(
     if masks.dim() != 3 or rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"need masks [G, H, W] and rois [P, 5], got {tuple(masks.shape)} "
                          f"and {tuple(rois.shape)}")
-    oh, ow = _pair(output_size)
+    oh, ow = pair(output_size)
     p, (height, width) = rois.shape[0], masks.shape[1:]
     dt = rois.dtype if rois.dtype in (torch.float32, torch.float64) else torch.float32
     rois = rois.to(device=masks.device, dtype=dt)
@@ -42,11 +42,11 @@ def roi_align_masks(
     if p == 0 or height == 0 or width == 0:
         return out
     one = torch.ones(p, dtype=dt, device=rois.device)
-    y1, x1, bin_h, bin_w, grid_h, grid_w = _roi_geometry(rois, (oh, ow), one, sampling_ratio,
+    y1, x1, bin_h, bin_w, grid_h, grid_w = roi_geometry(rois, (oh, ow), one, sampling_ratio,
                                                          aligned)
     gain = 1.0 / (grid_h * grid_w).clamp(min=1).to(dt)  # average of the samples
-    taps_y = _axis_taps(y1, bin_h, grid_h, oh, torch.full_like(grid_h, height), gain)
-    taps_x = _axis_taps(x1, bin_w, grid_w, ow, torch.full_like(grid_w, width), one)
+    taps_y = axis_taps(y1, bin_h, grid_h, oh, torch.full_like(grid_h, height), gain)
+    taps_x = axis_taps(x1, bin_w, grid_w, ow, torch.full_like(grid_w, width), one)
     # Window of each RoI: [first, last] pixel read along each axis ([P] int64; empty if none).
     y0, y_len = _window(taps_y, p, oh)
     x0, x_len = _window(taps_x, p, ow)
@@ -76,5 +76,5 @@ def _axis_matrix(taps: tuple[Tensor, ...], start: Tensor, p: int, n_bins: int,
     """Dense per-axis weights of every RoI, relative to its window start: [P, n, L]."""
     _, seg, pos, weight = taps
     matrix = weight.new_zeros(p * n_bins, max(length, 1))
-    matrix.index_put_((seg, pos - _take(start, seg // n_bins)), weight, accumulate=True)
+    matrix.index_put_((seg, pos - take(start, seg // n_bins)), weight, accumulate=True)
     return matrix.view(p, n_bins, -1)

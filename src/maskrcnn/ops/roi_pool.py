@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .roi_align import _blocks, _pair, _repeat_index, boxes_to_rois
+from .roi_align import boxes_to_rois
+from .roi_weights import block_ranges, pair, repeat_index
 
 __all__ = ["roi_pool"]
 
@@ -88,7 +89,7 @@ def _pool_bins(
     span_first = h_first[:, 0]  # [K] first map row any bin of the RoI reads
     span = (h_end[:, -1] - span_first).clamp(min=0)  # [K] map rows it spans
     first_q = torch.cumsum(span, 0) - span  # [K] first spanned row of each RoI
-    roi = _repeat_index(span, int(span.sum()))  # [S] RoI of each spanned row
+    roi = repeat_index(span, int(span.sum()))  # [S] RoI of each spanned row
     y = span_first[roi] + torch.arange(roi.shape[0], device=dev) - first_q[roi]  # [S]
     line = batch[roi] * (height * width) + y * width  # [S] pixel (y, 0) of the RoI's image
     start1 = (line[:, None] + w_first[roi]).flatten()  # [S, pw] -> [S*pw] queries (r, y, px)
@@ -113,7 +114,7 @@ def roi_pool(
     """
     if input.dim() != 4:
         raise ValueError(f"input must be [N, C, H, W], got {tuple(input.shape)}")
-    (oh, ow), (n, c, height, width) = _pair(output_size), input.shape
+    (oh, ow), (n, c, height, width) = pair(output_size), input.shape
     rows_grad = input.permute(0, 2, 3, 1).reshape(n * height * width, c)  # [NHW, C]
     rows = rows_grad.detach()
     with torch.no_grad():
@@ -129,7 +130,7 @@ def roi_pool(
         arg = torch.cat([
             _pool_bins(rows, batch[r0:r1], (h_first[r0:r1], h_end[r0:r1]),
                        (w_first[r0:r1], w_end[r0:r1]), (height, width))
-            for r0, r1 in _blocks(work, _CHUNK)
+            for r0, r1 in block_ranges(work, _CHUNK)
         ])  # [K*oh*ow, C] row of the max, -1 for empty bins
     out = torch.gather(rows_grad, 0, arg.clamp(min=0))  # [K*oh*ow, C]
     out = torch.where(arg >= 0, out, 0.0)

@@ -271,3 +271,14 @@ def test_demo_wiring(tmp_path, capsys):
     assert Image.open(out / "overlays" / "val_00000.png").size == (384, 384)  # enlarged x6
     assert (out / "train" / "model_final.pt").is_file()
     assert len(list((out / "train" / "checkpoints").iterdir())) == 1  # only the final one
+
+
+def test_demo_uses_bfloat16_only_where_native(monkeypatch, capsys):
+    from maskrcnn.engine import demo
+
+    assert demo.demo_run_config(64, 1.0, amp=False).train.amp is False
+    assert demo.demo_run_config(64, 1.0, amp=True).train.amp is True
+    for native in (False, True):
+        monkeypatch.setattr(demo, "native_bfloat16", lambda device="auto", n=native: n)
+        assert demo.demo_run_config(64, 1.0, device="cpu").train.amp is native
+    assert isinstance(demo.native_bfloat16("cpu"), bool)

@@ -277,7 +277,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
     run_demo(args.out, minutes=args.minutes, iters=args.iters, num_train=args.train,
-             num_val=args.val, image_size=args.size, device=args.device)
+             num_val=args.val, image_size=args.size, device=args.device,
+             amp={"auto": None, "on": True, "off": False}[args.amp])
     return 0
 
 
@@ -333,6 +334,8 @@ def _add_eval_parser(commands) -> None:
 
 
 def _add_small_parsers(commands) -> None:
+    from .engine.demo import DEMO_ITERS
+
     p = commands.add_parser(
         "shapes", help="write the synthetic shapes dataset (COCO JSON + PNG)",
         epilog=SHAPES_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -349,13 +352,17 @@ def _add_small_parsers(commands) -> None:
         epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="folder (runs/demo)")
-    p.add_argument("--iters", type=int, default=1100, help="training iterations (default 1100)")
+    p.add_argument("--iters", type=int, default=DEMO_ITERS,
+                   help=f"training iterations (default {DEMO_ITERS})")
     p.add_argument("--minutes", type=float, default=8.5,
                    help="training time limit (default 8.5)")
     p.add_argument("--train", type=int, default=300, help="training images (default 300)")
     p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     p.add_argument("--size", type=int, default=192, help="image side (default 192)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bfloat16 autocast in training; auto (default): where the hardware "
+                        "has bfloat16 arithmetic")
     p.set_defaults(func=cmd_demo)
 
 

@@ -3,6 +3,8 @@
 Writes the synthetic shapes dataset, trains the small CPU preset on it from scratch (a fixed
 number of iterations, cut short by a time budget on a slow or busy machine), evaluates COCO
 box and mask AP on the validation images, and draws the predicted masks on a few of them.
+Where the hardware computes in bfloat16 natively, training runs under bfloat16 autocast:
+about 1.5x the iterations in the same time, at the same accuracy per iteration.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .train_config import RunConfig, TrainConfig
 __all__ = ["demo_run_config", "run_demo"]
 
 NUM_OVERLAYS = 12
-DEMO_ITERS = 1100  # about 8 minutes on 2 idle cores
+DEMO_ITERS = 1700  # about 8 minutes on 2 idle cores with bfloat16 (11.5 in float32)
 OVERLAY_SIZE = 384  # overlays of smaller images are enlarged by an integer factor
 
 
@@ -43,12 +45,26 @@ def demo_model_config(image_size: int) -> ModelConfig:
     return cfg
 
 
+def native_bfloat16(device: str = "auto") -> bool:
+    """Whether `device` has bfloat16 arithmetic in hardware (CPU: AVX512-BF16 or AMX, as
+    oneDNN reports it); elsewhere bfloat16 autocast is emulated and slower than float32."""
+    dev = _device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # not in this torch build
+        return False
+
+
 def demo_run_config(image_size: int, minutes: float, iters: int = DEMO_ITERS,
-                    device: str = "auto") -> RunConfig:
+                    device: str = "auto", amp: bool | None = None) -> RunConfig:
     """Settings that reach a convincing model in under 10 minutes on 2 CPU cores: large
     learning rate after a short warmup, cosine decay over `iters` iterations or the time
-    budget, whichever ends first (on a busy machine the budget ends the run)."""
+    budget, whichever ends first (on a busy machine the budget ends the run). amp: bfloat16
+    autocast; None = where native_bfloat16(device)."""
     train = TrainConfig(
+        amp=native_bfloat16(device) if amp is None else amp,
         batch_size=4, num_workers=1, lr=0.04, warmup_iters=50, schedule="cosine",
         min_lr_factor=0.02, clip_grad_norm=10.0, max_iters=iters, minutes=minutes,
         log_period=20, checkpoint_period=0, checkpoint_minutes=0.0, keep_checkpoints=1,
@@ -75,7 +91,8 @@ def _dataset(root: Path, num_train: int, num_val: int, image_size: int) -> dict[
 
 
 def run_demo(out: str, *, minutes: float = 8.5, iters: int = DEMO_ITERS, num_train: int = 300,
-             num_val: int = 50, image_size: int = 192, device: str = "auto") -> dict[str, Any]:
+             num_val: int = 50, image_size: int = 192, device: str = "auto",
+             amp: bool | None = None) -> dict[str, Any]:
     """Dataset -> training -> evaluation -> overlays under `out`. Returns the metrics."""
     from .inference import evaluate_model
     from .run_log import format_seconds
@@ -88,7 +105,8 @@ def run_demo(out: str, *, minutes: float = 8.5, iters: int = DEMO_ITERS, num_tra
     run_dir = root / "train"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a demo starts from scratch every time
-    run = demo_run_config(image_size, minutes, iters, device)
+    run = demo_run_config(image_size, minutes, iters, device, amp)
+    print("training in " + ("bfloat16 autocast" if run.train.amp else "float32"), flush=True)
     data = DataPaths(info["train_json"], info["images_dir"])
     summary = train(run, data, str(run_dir))
 

@@ -49,7 +49,8 @@ class AnchorGenerator(nn.Module):
         return self.strides[level], self.strides[level]
 
     def forward(self, features: Sequence[Tensor], padded_image_size: Sequence[int]) -> list[Tensor]:
-        """Anchors per level: [H_l * W_l * A, 4], in the features' dtype and device."""
+        """Anchors per level: [H_l * W_l * A, 4] on the features' device, float32 (float64
+        for float64 features: box geometry never runs in half precision under autocast)."""
         anchors_per_level = []
         for level, feature in enumerate(features):
             grid_h, grid_w = feature.shape[-2:]
@@ -60,7 +61,8 @@ class AnchorGenerator(nn.Module):
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)  # [HW, 4]
-            cells = getattr(self, f"cell_anchors_{level}").to(feature.dtype)
+            dtype = torch.promote_types(feature.dtype, torch.float32)
+            cells = getattr(self, f"cell_anchors_{level}").to(dtype)
             # [HW, 1, 4] + [1, A, 4] -> [HW * A, 4]
             anchors_per_level.append((shifts[:, None, :] + cells[None, :, :]).reshape(-1, 4))
         return anchors_per_level

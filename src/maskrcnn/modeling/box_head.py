@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..ops.box_coder import BoxCoder
 from ..ops.boxes import batched_nms, clip_boxes, remove_small_boxes
 from ..structures import Detections
-from .rpn import _box_regression_loss
+from .losses import box_regression_loss, full_precision
 
 
 class BoxHead(nn.Module):
@@ -53,12 +53,12 @@ class BoxHead(nn.Module):
 
         labels: [R] int64 (0 = background); target_deltas: [R, 4].
         """
-        classification_loss = F.cross_entropy(class_logits, labels)
+        classification_loss = F.cross_entropy(full_precision(class_logits), labels)
         positive = torch.where(labels > 0)[0]
         # [R, K*4] -> [R, K, 4], then the row of each positive's class
         deltas = box_deltas.reshape(box_deltas.shape[0], self.num_classes, 4)
         deltas = deltas[positive, labels[positive]]
-        box_loss = _box_regression_loss(deltas, target_deltas[positive], self.smooth_l1_beta)
+        box_loss = box_regression_loss(deltas, target_deltas[positive], self.smooth_l1_beta)
         return {
             "loss_cls": classification_loss,
             "loss_box": box_loss / max(labels.numel(), 1),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.roi_align_masks import roi_align_masks
+from .losses import full_precision
 
 
 class MaskHead(nn.Module):
@@ -64,6 +65,7 @@ class MaskHead(nn.Module):
         """
         if mask_targets.numel() == 0:
             return {"loss_mask": mask_logits.sum() * 0}
+        mask_logits = full_precision(mask_logits)
         if self.mask_loss == "softmax":
             pixel_labels = torch.where(mask_targets >= 0.5, labels[:, None, None], 0)
             return {"loss_mask": F.cross_entropy(mask_logits, pixel_labels)}

@@ -14,6 +14,7 @@ from ..ops.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
 from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedSampler
 from .anchors import AnchorGenerator
+from .losses import box_regression_loss, full_precision
 
 
 class RPNHead(nn.Module):
@@ -131,7 +132,7 @@ class RPN(nn.Module):
         labels, matched_gt_boxes = [], []
         for gt_boxes in gt_boxes_per_image:
             matched_idxs = self.matcher(box_iou(gt_boxes.to(anchors.dtype), anchors))
-            labels_i = (matched_idxs >= 0).to(logits.dtype)
+            labels_i = (matched_idxs >= 0).to(full_precision(logits).dtype)
             labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1.0
             labels.append(labels_i)
             if gt_boxes.numel() == 0:
@@ -146,17 +147,10 @@ class RPN(nn.Module):
         num_anchors = anchors.shape[0]
         matched_gt = torch.cat(matched_gt_boxes)[positive_idx]
         target_deltas = self.box_coder.encode(matched_gt, anchors[positive_idx % num_anchors])
-        box_loss = _box_regression_loss(
+        box_loss = box_regression_loss(
             deltas.reshape(-1, 4)[positive_idx], target_deltas, self.cfg.smooth_l1_beta
         ) / max(sampled_idx.numel(), 1)
         objectness_loss = F.binary_cross_entropy_with_logits(
-            logits.reshape(-1)[sampled_idx], torch.cat(labels)[sampled_idx]
+            full_precision(logits.reshape(-1)[sampled_idx]), torch.cat(labels)[sampled_idx]
         )
         return {"loss_rpn_objectness": objectness_loss, "loss_rpn_box": box_loss}
-
-
-def _box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Summed smooth-L1 (beta > 0) or L1 (beta == 0) loss."""
-    if beta == 0:
-        return F.l1_loss(pred, target, reduction="sum")
-    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")

@@ -28,7 +28,10 @@ class BoxCoder:
         self.bbox_xform_clip = bbox_xform_clip
 
     def encode(self, gt_boxes: Tensor, proposals: Tensor) -> Tensor:
-        """Deltas [N, 4] (dx, dy, dw, dh) that take proposals [N, 4] to gt_boxes [N, 4]."""
+        """Deltas [N, 4] (dx, dy, dw, dh) that take proposals [N, 4] to gt_boxes [N, 4],
+        in float32 or float64 (see _geometry_dtype)."""
+        dtype = _geometry_dtype(gt_boxes, proposals)
+        gt_boxes, proposals = gt_boxes.to(dtype), proposals.to(dtype)
         wx, wy, ww, wh = self.weights
         prop_w = proposals[:, 2] - proposals[:, 0]
         prop_h = proposals[:, 3] - proposals[:, 1]
@@ -47,8 +50,10 @@ class BoxCoder:
         return torch.stack((dx, dy, dw, dh), dim=1)
 
     def decode(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        """Apply deltas [N, K*4] to reference boxes [N, 4] -> boxes [N, K, 4] (deltas' dtype)."""
-        boxes = boxes.to(deltas.dtype)
+        """Apply deltas [N, K*4] to reference boxes [N, 4] -> boxes [N, K, 4], in float32 or
+        float64 (see _geometry_dtype)."""
+        dtype = _geometry_dtype(deltas, boxes)
+        deltas, boxes = deltas.to(dtype), boxes.to(dtype)
         num_boxes = boxes.shape[0]
         deltas = deltas.reshape(num_boxes, deltas.shape[-1] // 4, 4)  # [N, K*4] -> [N, K, 4]
         widths = (boxes[:, 2] - boxes[:, 0])[:, None]  # [N, 1]
@@ -70,3 +75,10 @@ class BoxCoder:
             (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
             dim=2,
         )  # [N, K, 4]
+
+
+def _geometry_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    """The promoted dtype of a and b, at least float32: under bfloat16 autocast the heads
+    give bfloat16 deltas, and box coordinates of a few hundred pixels would be rounded to
+    2-4 px (8 bits of mantissa) and collapse small boxes."""
+    return torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)

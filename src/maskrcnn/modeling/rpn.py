@@ -132,7 +132,7 @@ class RPN(nn.Module):
         labels, matched_gt_boxes = [], []
         for gt_boxes in gt_boxes_per_image:
             matched_idxs = self.matcher(box_iou(gt_boxes.to(anchors.dtype), anchors))
-            labels_i = (matched_idxs >= 0).to(full_precision(logits).dtype)
+            labels_i = (matched_idxs >= 0).to(anchors.dtype)  # float32 (float64)
             labels_i[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1.0
             labels.append(labels_i)
             if gt_boxes.numel() == 0:

@@ -65,13 +65,13 @@ class MaskHead(nn.Module):
         """
         if mask_targets.numel() == 0:
             return {"loss_mask": mask_logits.sum() * 0}
-        mask_logits = full_precision(mask_logits)
         if self.mask_loss == "softmax":
             pixel_labels = torch.where(mask_targets >= 0.5, labels[:, None, None], 0)
-            return {"loss_mask": F.cross_entropy(mask_logits, pixel_labels)}
+            return {"loss_mask": F.cross_entropy(full_precision(mask_logits), pixel_labels)}
         channel = torch.zeros_like(labels) if self.class_agnostic else labels
         selected = mask_logits[torch.arange(labels.shape[0], device=labels.device), channel]
-        return {"loss_mask": F.binary_cross_entropy_with_logits(selected, mask_targets)}
+        return {"loss_mask": F.binary_cross_entropy_with_logits(full_precision(selected),
+                                                                mask_targets)}
 
     def inference(self, mask_logits: Tensor, labels: Tensor) -> Tensor:
         """Probabilities of each detection's predicted class: [D, K, M, M] -> [D, M, M]."""

@@ -3,11 +3,14 @@
     import maskrcnn
     model = maskrcnn.load_model("maskrcnn_resnet50_fpn_coco.pth")  # or our checkpoint
     detections = maskrcnn.predict(model, ["street.jpg"])
+    maskrcnn.export(model, "model.onnx")          # or format="openvino" -> model.xml
+    onnx_model = maskrcnn.load_model("model.onnx")  # same predict() on ONNX Runtime
 """
 
-from .api import create_model, image_to_tensor, predict
+from .api import create_model, export, image_to_tensor, load_model, predict
 from .config import ModelConfig, preset
-from .io.weights import WeightsError, load_model, save_model
+from .deploy import ExportedModel
+from .io.weights import WeightsError, save_model
 from .modeling import MaskRCNN, build_model
 from .structures import Detections, ImageList, Targets
 
@@ -15,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Detections",
+    "ExportedModel",
     "ImageList",
     "MaskRCNN",
     "ModelConfig",
@@ -22,6 +26,7 @@ __all__ = [
     "WeightsError",
     "build_model",
     "create_model",
+    "export",
     "image_to_tensor",
     "load_model",
     "predict",

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig, preset
+from .deploy.runtime import ExportedModel
 from .modeling import MaskRCNN, build_model
 from .structures import Detections
 
@@ -53,30 +54,59 @@ def image_to_tensor(image: Any) -> Tensor:
     raise TypeError(f"cannot use an image of type {type(image).__name__}")
 
 
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               backend: str | None = None) -> MaskRCNN | ExportedModel:
+    """The model in a file, ready to predict.
+
+    Our checkpoints and torchvision maskrcnn_resnet50_fpn state_dicts give a MaskRCNN in
+    eval mode; exported models give an ExportedModel with the same `predict`: `.onnx` on
+    ONNX Runtime, `.xml` (OpenVINO IR) on OpenVINO. backend ("torch", "onnxruntime",
+    "openvino") overrides the choice by suffix (openvino also runs .onnx files).
+    """
+    from .deploy.runtime import backend_for, load_exported
+    from .io.weights import load_model as load_weights
+
+    if backend_for(path, backend) != "torch":
+        return load_exported(path, backend, str(device))
+    return load_weights(path, device=device)
+
+
+def export(model: MaskRCNN, path: str | os.PathLike, format: str = "onnx", *,
+           opset: int | None = None, mask_output: str = "pasted") -> list[Path]:
+    """Export the whole model to ONNX (`path` .onnx) or OpenVINO IR (`path` .xml + .bin).
+
+    mask_output "pasted" gives bool masks at the input size; "probs" the [N, 28, 28]
+    probabilities of each detection's class, pasted by the predictor. Returns the files
+    written. See docs/deploy.md for the graph's inputs and outputs."""
+    from .deploy import export as export_model
+
+    return export_model(model, path, format, opset=opset, mask_output=mask_output)
+
+
 def predict(
-    model: MaskRCNN,
+    model: MaskRCNN | ExportedModel,
     images: ImageLike | Sequence[ImageLike],
     *,
     score_thresh: float | None = None,
     soft_masks: bool = False,
     batch_size: int = 1,
 ) -> list[Detections]:
-    """Detections (boxes xyxy, scores, labels, masks) per image, in original pixels."""
+    """Detections (boxes xyxy, scores, labels, masks) per image, in original pixels.
+
+    score_thresh applies to this call only (default: the model's cfg.roi_heads.score_thresh);
+    the model is not changed, so one model can serve calls with different thresholds."""
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     was_training = model.training
-    old_thresh = model.cfg.roi_heads.score_thresh
-    if score_thresh is not None:
-        model.cfg.roi_heads.score_thresh = score_thresh
     model.eval()
     try:
         results: list[Detections] = []
         for batch in _chunks(items, batch_size):
             tensors = [image_to_tensor(img).to(device) for img in batch]
-            results.extend(model.predict(tensors, soft_masks=soft_masks))
+            results.extend(model.predict(tensors, soft_masks=soft_masks,
+                                         score_thresh=score_thresh))
     finally:
-        model.cfg.roi_heads.score_thresh = old_thresh
         model.train(was_training)
     return results
 

@@ -7,70 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-PREDICT_EXAMPLES = """examples:
-  maskrcnn predict street.jpg --weights maskrcnn_resnet50_fpn_coco.pth --out out/
-  maskrcnn predict photos/ more.png --weights runs/demo/model_final.pt --score-thresh 0.5
-writes OUT/predictions.json (COCO results: file_name, image_id, category_id, bbox xywh,
-score, RLE segmentation) and OUT/overlays/<image>.png for every image."""
-
-
-class CliError(Exception):
-    """A failure reported as one line on stderr with a non-zero exit status."""
-
-
-def _find_images(inputs: Sequence[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted, not recursive)."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                print(f"maskrcnn: warning: {path}: no image files in this folder", file=sys.stderr)
-            paths.extend(found)
-        else:
-            paths.append(path)
-    return paths
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .api import predict
-    from .data.images import load_image
-    from .io.coco_results import detections_to_coco, write_results_json
-    from .io.weights import load_model
-    from .visualize import save_overlay
-
-    model = load_model(args.weights, device=args.device).optimize_for_inference()
-    class_names = model.cfg.class_names or None
-    category_ids = model.cfg.category_ids or None
-    out = Path(args.out)
-    results, failed = [], 0
-    paths = _find_images(args.inputs)
-    if not paths:
-        raise CliError("no images to predict on")
-    for image_id, path in enumerate(paths, start=1):
-        try:
-            image = load_image(path)
-        except (OSError, ValueError) as err:
-            print(f"maskrcnn: error: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        dets = predict(model, image.to(args.device), score_thresh=args.score_thresh)[0]
-        dets = dets.to("cpu")
-        results.extend(detections_to_coco(dets, image_id, category_ids, file_name=str(path)))
-        overlay = out / "overlays" / f"{image_id:05d}_{path.stem}.png"
-        save_overlay(image, dets, overlay, class_names, score_thresh=args.vis_thresh)
-        print(f"{path}: {len(dets)} detections -> {overlay}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_results_json(results, out / "predictions.json")
-    print(f"wrote {len(results)} detections of {len(paths) - failed} images to "
-          f"{out / 'predictions.json'}")
-    if failed:
-        raise CliError(f"{failed} of {len(paths)} images could not be read (see above)")
-    return 0
-
+from .commands import CliError, load_for_inference
 
 SHAPES_EXAMPLES = """examples:
   maskrcnn shapes --out data/shapes
@@ -95,6 +32,7 @@ EVAL_EXAMPLES = """examples:
   maskrcnn eval --weights runs/shapes/model_final.pt --json data/shapes/val.json \\
       --images data/shapes/images --out runs/shapes/eval
   maskrcnn eval --predictions results.json --json instances_val2017.json --out eval/
+  maskrcnn eval --weights model.onnx --json data/shapes/val.json --images data/shapes/images
 writes DIR/metrics.json ({"bbox": {"AP", "AP50", ...}, "segm": {...}, "per_class": ...} on
 the 0-1 scale), DIR/predictions.json (COCO results; not with --predictions) and precision-
 recall plots DIR/pr_bbox.png, DIR/pr_segm.png."""
@@ -113,7 +51,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .engine.trainer import TrainingError
     from .io.weights import WeightsError
 
-    return CliError, WeightsError, DatasetError, ImageError, TrainingError
+    errors = [CliError, WeightsError, DatasetError, ImageError, TrainingError]
+    try:
+        from .deploy.exporter import ExportError
+
+        errors.append(ExportError)
+    except ImportError:  # without the onnx extra nothing can be exported anyway
+        pass
+    return tuple(errors)
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -249,21 +194,26 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
     from .engine.inference import evaluate_model
     from .engine.train_data import load_eval_dataset
     from .io.coco_results import write_results_json
-    from .io.weights import load_model
+    from .progress import Progress
 
-    device = dist.init_distributed(args.device)
+    exported = args.weights.lower().endswith((".onnx", ".xml")) or args.backend not in (
+        None, "torch")
+    device = dist.init_distributed("cpu" if exported and args.device == "auto" else args.device)
     try:
         main_rank = dist.is_main_process()
+        model = load_for_inference(args.weights, args.backend, str(device))
         _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=main_rank,
                                        name="eval")
-        model = load_model(args.weights, device=device).optimize_for_inference()
-        if args.score_thresh is not None:
-            model.cfg.roi_heads.score_thresh = args.score_thresh
+        progress = Progress(len(dataset), "eval: images") if main_rank else None
         metrics, results = evaluate_model(
             model, dataset, args.json, label_to_category_id=model.cfg.category_ids or None,
             batch_size=args.batch_size, num_workers=args.workers, out_dir=out,
-            max_dets=model.cfg.roi_heads.detections_per_image,
+            max_dets=model.cfg.roi_heads.detections_per_image, score_thresh=args.score_thresh,
+            progress=None if progress is None else
+            lambda done, total: progress.update(min(done * args.batch_size, len(dataset))),
         )
+        if progress is not None:
+            progress.close()
         if not main_rank:
             return None
         write_results_json(results, out / "predictions.json")
@@ -321,7 +271,10 @@ def _add_eval_parser(commands) -> None:
         epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", required=True, help="ground truth: COCO instances JSON")
-    p.add_argument("--weights", help="model weights (our checkpoint or torchvision's)")
+    p.add_argument("--weights", help="model weights (our checkpoint, torchvision's, or an "
+                                     "exported .onnx/.xml)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                   help="runtime (default: from the file's suffix)")
     p.add_argument("--images", help="folder of the images of --json")
     p.add_argument("--predictions", help="COCO results JSON to evaluate instead of a model")
     p.add_argument("--out", default="eval", help="output folder (default: eval)")
@@ -367,6 +320,9 @@ def _add_small_parsers(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import export as export_command
+    from .commands import predict as predict_command
+
     parser = argparse.ArgumentParser(
         prog="maskrcnn", description="Mask R-CNN: train, evaluate and predict.",
         epilog="run `maskrcnn COMMAND --help` for the options and examples of each command",
@@ -376,21 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_eval_parser(commands)
 
-    p = commands.add_parser(
-        "predict",
-        help="detect and segment objects in images",
-        epilog=PREDICT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--weights", required=True, help="our checkpoint or a torchvision state_dict")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--score-thresh", type=float, default=0.05,
-                   help="keep detections above this score (default 0.05)")
-    p.add_argument("--vis-thresh", type=float, default=0.5,
-                   help="draw detections above this score (default 0.5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.set_defaults(func=cmd_predict)
+    predict_command.add_parser(commands)
+    export_command.add_parser(commands)
     return parser
 
 

@@ -175,6 +175,24 @@ PRESETS = {
 }
 
 
+def preset_name(cfg: ModelConfig) -> str:
+    """The preset `cfg` was made from, ignoring its classes (count, names, ids); "custom"
+    when no preset matches."""
+
+    def architecture(c: ModelConfig) -> dict[str, Any]:
+        data = config_to_dict(c)
+        data.pop("class_names")
+        data.pop("category_ids")
+        data["roi_heads"].pop("num_classes")
+        return data
+
+    wanted = architecture(cfg)
+    for name, make in PRESETS.items():
+        if architecture(make()) == wanted:
+            return name
+    return "custom"
+
+
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     """Nested plain dict (tuples become lists) for YAML/JSON."""
 

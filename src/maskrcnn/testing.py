@@ -89,3 +89,24 @@ def smooth_random_images(sizes: Sequence[tuple[int, int]], seed: int = 1) -> lis
         image = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
         images.append(image.clamp(0, 1))
     return images
+
+
+def spread_scores(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Perturb a randomly initialised model of ours in place so that it behaves more like a
+    trained one: sharper objectness, class scores spread over [0, 1] (not all near
+    1 / num_classes), small box refinements, confident masks. Returns the model."""
+    gen = torch.Generator().manual_seed(seed)
+    heads = model.roi_heads
+    with torch.no_grad():
+        model.rpn.head.objectness_logits.weight.mul_(10)
+        cls = heads.box_head.cls_score.weight
+        cls.copy_(torch.randn(cls.shape, generator=gen) * 0.2)
+        deltas = heads.box_head.bbox_pred.weight
+        deltas.copy_(torch.randn(deltas.shape, generator=gen) * 0.01)
+        heads.mask_head.predictor.weight.mul_(3)
+        # mask logits far from 0 (p = 0.5, the threshold) over whole regions, where
+        # rounding differences of 1e-6 would flip pixels: a trained model's mask
+        # probabilities cross 0.5 steeply, at the object's outline
+        bias = heads.mask_head.predictor.bias
+        bias.copy_(torch.randn(bias.shape, generator=gen).abs() + 1.5)
+    return model

@@ -28,14 +28,17 @@ def run_inference(
     num_workers: int = 0,
     with_loss: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    score_thresh: float | None = None,
 ) -> tuple[list[dict], dict[str, float], list[str]]:
     """Predict on this rank's share of `dataset` (all of it on one process).
 
+    model: a MaskRCNN or an exported model (maskrcnn.deploy; no validation loss then).
     Returns (COCO results of every rank, merged; mean validation losses over all ranks'
     images, empty unless with_loss; files that could not be read). The model is put in
     eval mode; losses come from `compute_losses` in eval mode. Every rank must call this.
+    progress(batches done, batches) is called after each batch.
     """
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     was_training = model.training
     model.eval()
     loader = build_loader(
@@ -53,7 +56,7 @@ def run_inference(
                 failed += [m["error"] for m in metas if "error" in m]
                 if ok:
                     batch = [images[i].to(device) for i in ok]
-                    dets = model.predict(batch)
+                    dets = model.predict(batch, score_thresh=score_thresh)
                     image_ids = [metas[i]["image_id"] for i in ok]
                     evaluator.update([d.to("cpu") for d in dets], image_ids)
                     if with_loss:
@@ -95,17 +98,21 @@ def evaluate_model(
     with_loss: bool = False,
     out_dir: str | os.PathLike | None = None,
     max_dets: int = 100,
+    progress: Callable[[int, int], None] | None = None,
+    score_thresh: float | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
     """COCO AP (bbox and segm) of `model` on `dataset` (+ validation loss if with_loss).
 
     Returns (metrics, results) on every rank: metrics as coco_evaluate returns them plus
     "loss" (dict, when with_loss), "seconds" and "num_unreadable". With out_dir, rank 0 also
-    writes metrics.json and the PR plots there.
+    writes metrics.json and the PR plots there. progress and score_thresh: as in
+    run_inference.
     """
     start = time.perf_counter()
     results, losses, failed = run_inference(
         model, dataset, label_to_category_id=label_to_category_id, batch_size=batch_size,
-        num_workers=num_workers, with_loss=with_loss,
+        num_workers=num_workers, with_loss=with_loss, progress=progress,
+        score_thresh=score_thresh,
     )
     metrics: dict[str, Any] = {}
     if dist.is_main_process():

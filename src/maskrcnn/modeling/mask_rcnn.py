@@ -84,8 +84,10 @@ class MaskRCNN(nn.Module):
         return losses
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], soft_masks: bool = False) -> list[Detections]:
-        """Detections per image; masks [D, H, W] bool, or float in [0, 1] if soft_masks."""
+    def predict(self, images: Sequence[Tensor], soft_masks: bool = False,
+                score_thresh: float | None = None) -> list[Detections]:
+        """Detections per image; masks [D, H, W] bool, or float in [0, 1] if soft_masks.
+        score_thresh: this call's box score threshold (default: cfg.roi_heads.score_thresh)."""
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         image_list, _ = self.transform(images, None, training=False)
         features = self._features(image_list.tensors)
@@ -93,7 +95,9 @@ class MaskRCNN(nn.Module):
         proposals = self.rpn.inference(
             logits, deltas, anchors, image_list.image_sizes, training=False
         )
-        detections = self.roi_heads.inference(features[:4], proposals, image_list.image_sizes)
+        detections = self.roi_heads.inference(
+            features[:4], proposals, image_list.image_sizes, score_thresh=score_thresh
+        )
         return self.transform.postprocess(
             detections,
             image_list.image_sizes,

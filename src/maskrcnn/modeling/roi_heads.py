@@ -128,8 +128,10 @@ class RoIHeads(nn.Module):
         features: Sequence[Tensor],
         proposals: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]],
+        score_thresh: float | None = None,
     ) -> list[Detections]:
-        """Detections with [D, M, M] mask probabilities (not yet pasted) in `masks`."""
+        """Detections with [D, M, M] mask probabilities (not yet pasted) in `masks`;
+        score_thresh defaults to cfg.score_thresh."""
         cfg = self.cfg
         class_logits, box_deltas = self.box_head(self.box_pooler(features, proposals))
         detections = self.box_head.inference(
@@ -137,7 +139,7 @@ class RoIHeads(nn.Module):
             box_deltas,
             proposals,
             image_sizes,
-            cfg.score_thresh,
+            cfg.score_thresh if score_thresh is None else score_thresh,
             cfg.nms_thresh,
             cfg.detections_per_image,
         )

@@ -29,20 +29,23 @@ class RPNHead(nn.Module):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0)
 
+    def forward_level(self, feature: Tensor) -> tuple[Tensor, Tensor]:
+        """One level [B, C, H, W] -> logits [B, HWA] and deltas [B, HWA, 4] in (y, x, anchor)
+        order."""
+        hidden = F.relu(self.conv(feature))
+        logits = self.objectness_logits(hidden)  # [B, A, H, W]
+        deltas = self.anchor_deltas(hidden)  # [B, A*4, H, W]
+        batch, num_anchors, height, width = logits.shape
+        # [B, A, H, W] -> [B, H, W, A] -> [B, HWA]
+        logits = logits.permute(0, 2, 3, 1).reshape(batch, -1)
+        # [B, A*4, H, W] -> [B, A, 4, H, W] -> [B, H, W, A, 4] -> [B, HWA, 4]
+        deltas = deltas.view(batch, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2)
+        return logits, deltas.reshape(batch, -1, 4)
+
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Returns objectness logits [B, R] and deltas [B, R, 4] over all levels, where
         R = sum_l H_l * W_l * A in (level, y, x, anchor) order."""
-        logits_per_level, deltas_per_level = [], []
-        for feature in features:
-            hidden = F.relu(self.conv(feature))
-            logits = self.objectness_logits(hidden)  # [B, A, H, W]
-            deltas = self.anchor_deltas(hidden)  # [B, A*4, H, W]
-            batch, num_anchors, height, width = logits.shape
-            # [B, A, H, W] -> [B, H, W, A] -> [B, HWA]
-            logits_per_level.append(logits.permute(0, 2, 3, 1).reshape(batch, -1))
-            # [B, A*4, H, W] -> [B, A, 4, H, W] -> [B, H, W, A, 4] -> [B, HWA, 4]
-            deltas = deltas.view(batch, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2)
-            deltas_per_level.append(deltas.reshape(batch, -1, 4))
+        logits_per_level, deltas_per_level = zip(*(self.forward_level(f) for f in features))
         return torch.cat(logits_per_level, dim=1), torch.cat(deltas_per_level, dim=1)
 
 

@@ -14,8 +14,8 @@ CLASS_NAMES = ("background", "disc", "square", "star")
 CATEGORY_IDS = (0, 3, 5, 9)
 
 
-def deploy_config(name: str):
-    """A preset's settings on a small network and small images (4 classes)."""
+def deploy_config(name: str, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS):
+    """A preset's settings on a small network and small images."""
     cfg = preset(name)
     if name != "small":
         cfg.backbone.depth = 18
@@ -24,15 +24,15 @@ def deploy_config(name: str):
         cfg.roi_heads.mask_head_channels = 64
     cfg.input.min_size_test = 128
     cfg.input.max_size = 192
-    cfg.roi_heads.num_classes = len(CLASS_NAMES)
-    cfg.class_names = CLASS_NAMES
-    cfg.category_ids = CATEGORY_IDS
+    cfg.roi_heads.num_classes = len(class_names)
+    cfg.class_names = tuple(class_names)
+    cfg.category_ids = tuple(category_ids)
     return cfg
 
 
-def deploy_model(name: str):
+def deploy_model(name: str, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS):
     torch.manual_seed(0)
-    model = build_model(deploy_config(name)).eval()
+    model = build_model(deploy_config(name, class_names, category_ids)).eval()
     scale = model.cfg.input.pixel_scale / max(model.cfg.input.pixel_std)
     if scale != 1.0:  # 0-255 inputs (detectron2): a stem that expects them, as trained ones
         with torch.no_grad():  # do, so that features and scores do not saturate into ties

@@ -186,11 +186,20 @@ class OpenVINOModel(ExportedModel):
             raise WeightsError(f"{path}: the openvino backend runs on the CPU (--device cpu)")
         # float32 everywhere: the CPU plugin would pick bfloat16 on CPUs that have it
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self._outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+        self._outputs = [(_output_name(port), port) for port in self.compiled.outputs]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.compiled(feeds)
         return {name: results[port] for name, port in self._outputs}
+
+
+OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index", "masks")
+
+
+def _output_name(port) -> str:
+    """Our name of an OpenVINO output (a port of an .onnx file may carry several names)."""
+    names = port.get_names()
+    return next((name for name in OUTPUT_NAMES if name in names), port.get_any_name())
 
 
 def _openvino_metadata(model) -> dict[str, str]:

@@ -138,7 +138,8 @@ class OnnxRuntimeModel(ExportedModel):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu",
+                 threads: int | None = None) -> None:
         ort = _import_runtime("onnxruntime")
         path = _existing(path)
         providers = ["CPUExecutionProvider"]
@@ -149,6 +150,8 @@ class OnnxRuntimeModel(ExportedModel):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no warnings on every load
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
@@ -168,7 +171,8 @@ class OpenVINOModel(ExportedModel):
 
     backend = "openvino"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu",
+                 threads: int | None = None) -> None:
         ov = _import_runtime("openvino")
         path = _existing(path)
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
@@ -185,7 +189,10 @@ class OpenVINOModel(ExportedModel):
         if str(device) != "cpu":
             raise WeightsError(f"{path}: the openvino backend runs on the CPU (--device cpu)")
         # float32 everywhere: the CPU plugin would pick bfloat16 on CPUs that have it
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
         self._outputs = [(_output_name(port), port) for port in self.compiled.outputs]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -245,11 +252,12 @@ def backend_for(path: str | os.PathLike, backend: str | None = None) -> str:
 
 
 def load_exported(path: str | os.PathLike, backend: str | None = None,
-                  device: str = "cpu") -> ExportedModel:
-    """An exported model on its backend (from the suffix unless `backend` says)."""
+                  device: str = "cpu", threads: int | None = None) -> ExportedModel:
+    """An exported model on its backend (from the suffix unless `backend` says); threads:
+    the runtime's thread count (default: the runtime's own choice)."""
     chosen = backend_for(path, backend)
     if chosen == "onnxruntime":
-        return OnnxRuntimeModel(path, device)
+        return OnnxRuntimeModel(path, device, threads)
     if chosen == "openvino":
-        return OpenVINOModel(path, device)
+        return OpenVINOModel(path, device, threads)
     raise WeightsError(f"{path}: not an exported model (.onnx or .xml)")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .onnx_builder import BOOL, FLOAT, INT64, GraphBuilder
+from .onnx_builder import BOOL, INT64, GraphBuilder
 
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
@@ -87,7 +87,3 @@ def pad_groups(g: GraphBuilder, group: str, num_groups: str, values: Sequence[st
 def gather_rows(g: GraphBuilder, x: str, index: str) -> str:
     """x [B, N, ...] and index [B, M] -> [B, M, ...] (per batch row)."""
     return g.op("GatherND", x, g.unsqueeze(index, [2]), batch_dims=1)
-
-
-__all__ = ["FLOAT", "box_sizes", "clip_boxes", "decode_boxes", "gather_rows", "not_small",
-           "pad_groups", "rank_in_group"]

@@ -57,7 +57,8 @@ class ExportedNetworks(nn.Module):
 def export_networks(model: MaskRCNN, opset: int) -> onnx.ModelProto:
     """torch.onnx (dynamo) export of a copy of the model's networks, BatchNorm folded,
     with dynamic batch, canvas size and RoI counts."""
-    networks = ExportedNetworks(fold_frozen_batchnorm(copy.deepcopy(model).float().eval()))
+    copied = copy.deepcopy(model).cpu().float().eval()
+    networks = ExportedNetworks(fold_frozen_batchnorm(copied))
     cfg = model.cfg.roi_heads
     channels = model.backbone.out_channels
     example = (

@@ -62,10 +62,6 @@ class GraphBuilder:
         self.nodes.append(node)
         return names[0] if outputs == 1 else names
 
-    def rename_output(self, name: str, new_name: str) -> str:
-        """Give the value `name` (made by the last node that wrote it) a public name."""
-        return self.op_named("Identity", [name], new_name)
-
     def op_named(self, op_type: str, inputs: Sequence[Value], output: str, **attrs) -> str:
         """Append a node whose single output has the given name."""
         node = helper.make_node(op_type, [self._input(v) for v in inputs], [output],

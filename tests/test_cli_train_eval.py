@@ -110,7 +110,7 @@ def test_eval_command_matches_pycocotools(trained, shapes, tmp_path, capsys):
                    "--score-thresh", "0.0"])
     assert status == 0
     printed = capsys.readouterr().out
-    assert "| segm |" in printed and "per-class AP" in printed
+    assert "| segm " in printed and "per-class AP" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     results = json.loads((out / "predictions.json").read_text())
     assert results and {r["image_id"] for r in results} <= {1, 2, 3}

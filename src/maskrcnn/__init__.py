@@ -7,14 +7,35 @@
     onnx_model = maskrcnn.load_model("model.onnx")  # same predict() on ONNX Runtime
 """
 
-from .api import create_model, export, image_to_tensor, load_model, predict
-from .config import ModelConfig, preset
-from .deploy import ExportedModel
-from .io.weights import WeightsError, save_model
-from .modeling import MaskRCNN, build_model
-from .structures import Detections, ImageList, Targets
+import importlib
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `maskrcnn --help` (and anything that needs no model) does
+# not pay for importing torch.
+_WHERE = {
+    "create_model": ".api", "export": ".api", "image_to_tensor": ".api",
+    "load_model": ".api", "predict": ".api",
+    "ModelConfig": ".config", "preset": ".config",
+    "ExportedModel": ".deploy",
+    "WeightsError": ".io.weights", "save_model": ".io.weights",
+    "MaskRCNN": ".modeling", "build_model": ".modeling",
+    "Detections": ".structures", "ImageList": ".structures", "Targets": ".structures",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'maskrcnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
 
 __all__ = [
     "Detections",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .commands import CliError, load_for_inference
+from .commands import CliError, check_categories, load_for_inference
 
 SHAPES_EXAMPLES = """examples:
   maskrcnn shapes --out data/shapes
@@ -202,8 +202,9 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
     try:
         main_rank = dist.is_main_process()
         model = load_for_inference(args.weights, args.backend, str(device))
-        _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=main_rank,
-                                       name="eval")
+        coco, dataset = load_eval_dataset(args.json, args.images, masks=False,
+                                          verbose=main_rank, name="eval")
+        check_categories(model.cfg, coco, args.json)
         progress = Progress(len(dataset), "eval: images") if main_rank else None
         metrics, results = evaluate_model(
             model, dataset, args.json, label_to_category_id=model.cfg.category_ids or None,
@@ -287,7 +288,7 @@ def _add_eval_parser(commands) -> None:
 
 
 def _add_small_parsers(commands) -> None:
-    from .engine.demo import DEMO_ITERS
+    from .engine.demo_settings import DEMO_ITERS
 
     p = commands.add_parser(
         "shapes", help="write the synthetic shapes dataset (COCO JSON + PNG)",
@@ -346,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskrcnn: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if sys.stdout.isatty():  # end a live progress line first
+            print(flush=True)
         print("maskrcnn: interrupted", file=sys.stderr)
         return 130
 

@@ -323,7 +323,7 @@ def test_format_metrics_table():
     text = format_metrics_table(metrics)
     lines = text.splitlines()
     header = next(line for line in lines if "AP50" in line)
-    assert [c.strip() for c in header.strip("|").split("|")] == ["type", *METRIC_NAMES]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["type (AP in %)", *METRIC_NAMES]
     bbox = next(line for line in lines if line.startswith("| bbox"))
     assert [c.strip() for c in bbox.strip("|").split("|")][1:] == [
         "37.9", "59.1", "41.0", "20.0", "40.0", "-"]

@@ -29,6 +29,7 @@ from maskrcnn.structures import Targets
 __all__ = ["CocoDataset", "DatasetError", "ImageError"]
 
 logger = logging.getLogger(__name__)
+_TOP_LEVEL_KEYS = ("info", "licenses", "images", "annotations", "categories")
 
 Transform = Callable[[Tensor, Targets, dict, torch.Generator], tuple[Tensor, Targets, dict]]
 
@@ -223,7 +224,14 @@ def _read_json(path: Path) -> dict:
     for key in ("images", "categories"):
         if key not in data:
             raise DatasetError(f"{path}: not a COCO file: missing key {key!r}")
-    data.setdefault("annotations", [])  # a test set may have none
+    unknown = sorted(str(k) for k in data if k not in _TOP_LEVEL_KEYS)
+    if unknown:
+        logger.warning("%s: unknown top-level key(s) %s ignored (a COCO file has %s)", path,
+                       ", ".join(repr(k) for k in unknown), ", ".join(_TOP_LEVEL_KEYS))
+    if "annotations" not in data:  # a test set may have none
+        logger.warning("%s: no 'annotations' key: every image counts as having no objects",
+                       path)
+    data.setdefault("annotations", [])
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             raise DatasetError(f"{path}: {key!r} must be a list, got {type(data[key]).__name__}")

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig, preset
 from ..structures import Detections
+from .demo_settings import DEMO_ITERS
 from .train_config import RunConfig, TrainConfig
 
 __all__ = ["demo_run_config", "run_demo"]
 
 NUM_OVERLAYS = 12
-DEMO_ITERS = 1700  # about 8 minutes on 2 idle cores with bfloat16 (11.5 in float32)
 OVERLAY_SIZE = 384  # overlays of smaller images are enlarged by an integer factor
 
 

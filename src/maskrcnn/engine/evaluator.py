@@ -244,7 +244,7 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     then one row per class with its AP for each IoU type.
     """
     types = [t for t in IOU_TYPES if t in metrics]
-    header = ["type", *METRIC_NAMES]
+    header = ["type (AP in %)", *METRIC_NAMES]
     rows = [[t, *(_pct(metrics[t][n]) for n in METRIC_NAMES)] for t in types]
     lines = _table(header, rows)
     per_class = metrics.get("per_class", {})
@@ -255,7 +255,8 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
             names += [n for n in per_class[t] if n not in names]
         header = ["category", *(f"{t} AP" for t in class_types)]
         rows = [[n, *(_pct(per_class[t].get(n, -1.0)) for t in class_types)] for n in names]
-        lines += ["", "per-class AP:", *_table(header, rows)]
+        lines += ["", "per-class AP (in %; metrics.json holds fractions of 1):",
+                  *_table(header, rows)]
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def load_train_dataset(
     """The training set with flip augmentation, minus images whose files cannot be opened.
 
     Returns (the CocoDataset, the SafeDataset over its usable images). Raises DatasetError
-    when nothing usable is left.
+    when no image can be read or no annotation is usable (e.g. all lack segmentation).
     """
     from ..data.coco_records import DatasetError
 
@@ -90,6 +90,9 @@ def load_train_dataset(
                      f"(first: {problems[0][1]})")
     if not indices:
         raise DatasetError(f"{json_path}: none of the {len(dataset)} images can be read")
+    if sum(len(dataset.entries[i].labels) for i in indices) == 0:
+        raise DatasetError(f"{json_path}: no usable annotation to train on "
+                           f"({dataset.summary()})")
     return dataset, SafeDataset(dataset, indices)
 
 

@@ -35,6 +35,11 @@ class MaskRCNN(nn.Module):
         self.roi_heads = RoIHeads(cfg.roi_heads, self.backbone.out_channels, pooled_scales)
         self.inference_optimized = False
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The name of each label (index = label, 0 = background); empty when unknown."""
+        return self.cfg.class_names
+
     def optimize_for_inference(self) -> MaskRCNN:
         """Fold frozen BatchNorm into the convolutions and switch to channels_last.
 

@@ -344,8 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except _user_errors() as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"maskrcnn: error: {message}", file=sys.stderr)
-        return 1
+        exit_code = getattr(err, "exit_code", None)  # a training run stopped by a signal
+        print(f"maskrcnn: {'error: ' if exit_code is None else ''}{message}", file=sys.stderr)
+        return exit_code or 1
     except KeyboardInterrupt:
         if sys.stdout.isatty():  # end a live progress line first
             print(flush=True)

@@ -170,3 +170,31 @@ def test_corrupted_last_checkpoint_resumes_from_the_previous(shapes, reference, 
     assert f"resumed from {out / 'checkpoints' / f'ckpt_{ITERS - 2:07d}.pt'}" in done.stdout
     assert _losses(out) == _losses(reference)  # the last two iterations redone identically
     assert (out / "model_final.pt").is_file()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_then_resume_reproduces_the_losses(shapes, reference, tmp_path,
+                                                            signum):
+    """Ctrl-C / SIGTERM before the first periodic checkpoint (period 100 here) loses
+    nothing: the last finished iteration is saved, and resuming gives the same losses."""
+    out = tmp_path / "run"
+    cmd = [*_train_cmd(shapes, out), "checkpoint_period=100"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr
+    saved = sorted((out / "checkpoints").glob("ckpt_*.pt"))
+    assert len(saved) == 1 and not (out / "model_final.pt").exists()
+    assert f"saved {saved[0]}" in stderr and "--resume" in stderr
+    assert 3 <= int(saved[0].stem.split("_")[1]) < ITERS
+    done = subprocess.run([*cmd, "--resume"], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {saved[0]}" in done.stdout
+    assert _losses(out) == _losses(reference)

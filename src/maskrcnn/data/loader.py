@@ -155,4 +155,13 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=_ignore_interrupts if num_workers > 0 else None,
     )
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process (it sends SIGINT to the whole group), which
+    finishes its step and saves a checkpoint; a worker dying on it would break that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +37,19 @@ from .train_config import RunConfig, save_run_config
 from .train_data import load_eval_dataset, load_train_dataset, warn
 from .train_state import TrainState, Window, batch_to_device, format_val, resolve_limits
 
-__all__ = ["DataPaths", "TrainingError", "train"]
+__all__ = ["DataPaths", "TrainingError", "TrainingInterrupted", "train"]
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged loss, nothing to train on); one-line message."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM: the last finished iteration was saved; exit_code 130 or 143."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -194,13 +205,52 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
         self._announce()
-        while not self._done():
-            self._step()
-            self._after_step()
+        with self._stop_signals():
+            while not self._done():
+                self._step()
+                if self.stop_everywhere:
+                    self._interrupted()
+                self._after_step()
         self._finish()
         self.writer.close()
         return {"iteration": self.state.iteration, "weights": str(self.out / "model_final.pt"),
                 "metrics": self.metrics, "seconds": time.perf_counter() - start}
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM ask the loop to stop after the current iteration (a second
+        SIGINT interrupts at once)."""
+        self.stop_signal: int | None = None
+        self.stop_everywhere = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            self.printer.message(f"{signal.Signals(signum).name}: stopping after this "
+                                 "iteration to save a checkpoint (Ctrl-C again: at once)")
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _interrupted(self) -> None:
+        """Save the last finished iteration and stop with TrainingInterrupted."""
+        if self.state.iteration % self.cfg.log_period == 0:
+            self._log()  # the record an uninterrupted run writes here
+        self._save_checkpoint()
+        signum = self.stop_signal or signal.SIGTERM  # another rank's signal
+        self.writer.close()
+        raise TrainingInterrupted(
+            f"interrupted ({signal.Signals(signum).name}) after iteration "
+            f"{self.state.iteration}: saved {self.last_checkpoint}; continue with --resume",
+            signum)
 
     def _announce(self) -> None:
         per_epoch = len(self.loader.batch_sampler) + self.state.batch_in_epoch
@@ -254,7 +304,10 @@ class Trainer:
                                  + [v.detach().float() for v in losses.values()]) / cfg.accumulate
             total = values if total is None else total + values
         elapsed = self.elapsed_before + time.perf_counter() - self.session_start
-        packed = dist.all_reduce_mean(torch.cat([total, total.new_tensor([elapsed])]))
+        stop = float(self.stop_signal is not None)  # every rank stops at the same iteration
+        packed = dist.all_reduce_mean(torch.cat([total, total.new_tensor([elapsed, stop])]))
+        self.stop_everywhere = bool(packed[-1] > 0)
+        packed = packed[:-1]
         names = ["loss", *losses]
         reduced = dict(zip(names, packed[:-1].tolist()))
         if not all(math.isfinite(v) for v in reduced.values()):

@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev,onnx,openvino]'
+	$(PY) -m pip install -e '.[dev,onnx,openvino,tensorboard]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -75,3 +75,16 @@ def test_eval_stops_when_categories_do_not_meet(shapes, tmp_path, capsys):
     assert status == 1
     line = _error(capsys)
     assert "17 cat" in line and "18 dog" in line and "1 circle" in line
+
+
+def test_pretrained_whole_model_is_one_line_and_leaves_nothing(shapes, tmp_path, capsys):
+    weights = tmp_path / "whole.pt"
+    save_model(build_model(tiny_config()), weights)
+    out = tmp_path / "run"
+    status = main(["train", "--train-json", shapes["train_json"], "--train-images",
+                   shapes["images_dir"], "--out", str(out), "--iters", "1",
+                   "--set", f"backbone.pretrained={weights}"])
+    assert status == 1
+    line = _error(capsys)
+    assert "whole.pt" in line and "whole Mask R-CNN" in line
+    assert not out.exists()

@@ -56,13 +56,17 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb: Any = None
+        self.status = f"metrics in {self.path}"
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                self.status += f"; TensorBoard logs in {Path(run_dir) / 'tensorboard'}"
             except Exception:  # tensorboard is optional (ImportError, or a broken install)
                 self._tb = None
+                self.status += ("; no TensorBoard logs (not installed: "
+                                "pip install 'maskrcnn[tensorboard]')")
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records of iterations after `iteration` (a resumed run redoes them)."""

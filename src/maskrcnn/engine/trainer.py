@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
 import threading
@@ -28,6 +29,7 @@ from ..config import config_to_dict
 from ..data.loader import build_loader
 from ..io.weights import load_state_dict_checked, save_model
 from ..modeling import build_model
+from ..progress import Progress
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from .inference import evaluate_model
@@ -71,6 +73,35 @@ def train(run: RunConfig, data: DataPaths, out_dir: str, *, resume: bool = False
         dist.cleanup()
 
 
+def check_pretrained(cfg) -> None:
+    """TrainingError (one line) when cfg.pretrained (a BackboneConfig's ImageNet weights)
+    cannot be loaded into the body it describes."""
+    if not cfg.pretrained:
+        return
+    from ..modeling.backbone import build_backbone, load_pretrained_body
+
+    try:
+        load_pretrained_body(build_backbone(dataclasses.replace(cfg, pretrained=None)),
+                             cfg.pretrained)
+    except (OSError, ValueError) as err:
+        hint = ""
+        if _holds_whole_model(cfg.pretrained):
+            hint = (" -- it holds a whole Mask R-CNN, not an ImageNet ResNet: use it as "
+                    "--weights of predict / eval / export")
+        message = str(err).strip().splitlines()[0]
+        raise TrainingError(f"backbone.pretrained: {message}{hint}") from None
+
+
+def _holds_whole_model(path: str) -> bool:
+    try:
+        from ..io.weights import CHECKPOINT_FORMAT, is_torchvision_maskrcnn, read_weight_file
+
+        data = read_weight_file(path)
+    except Exception:  # unreadable: the caller reports the original error
+        return False
+    return data.get("format") == CHECKPOINT_FORMAT or is_torchvision_maskrcnn(data)
+
+
 class Trainer:
     def __init__(self, run: RunConfig, data: DataPaths, out: Path, device: torch.device,
                  resume: bool) -> None:
@@ -80,6 +111,8 @@ class Trainer:
         self.cfg = self.run_cfg.train
         self.out, self.device, self.data = out, device, data
         self._load_data()
+        if not resume:
+            check_pretrained(self.run_cfg.model.backbone)  # before writing any file
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
             save_run_config(self.run_cfg, out / "config.yaml")
@@ -94,6 +127,7 @@ class Trainer:
         self.window = Window()
         self.last_checkpoint: Path | None = None
         self.metrics: dict[str, Any] | None = None
+        self.validation_seconds = 0.0
 
     # ---------------------------------------------------------------- setup
     def _load_data(self) -> None:
@@ -264,6 +298,7 @@ class Trainer:
             f"{per_epoch} batches of {self.cfg.batch_size} per epoch and process; "
             f"stops after {' or '.join(limits)}; writing to {self.out}"
         )
+        self.printer.message(self.writer.status)
         self.session_start = time.perf_counter()
         self.elapsed_before = self.state.elapsed
 
@@ -393,12 +428,20 @@ class Trainer:
     def _validate(self, final: bool) -> None:
         self.state.eval_elapsed = self.state.elapsed
         out_dir = self.out / "eval" if final else None
+        self.printer.message(f"validating on {len(self.val_set)} images ...")
+        progress = Progress(len(self.val_set), "val: images") if self.main else None
+        batch = self.cfg.batch_size
         metrics, results = evaluate_model(
             self.model, self.val_set, self.data.val_json,
             label_to_category_id=self.model.cfg.category_ids or None,
-            batch_size=self.cfg.batch_size, with_loss=True, out_dir=out_dir,
+            batch_size=batch, with_loss=True, out_dir=out_dir,
             max_dets=self.model.cfg.roi_heads.detections_per_image,
+            progress=None if progress is None else
+            lambda done, total: progress.update(min(done * batch, len(self.val_set))),
         )
+        if progress is not None:
+            progress.close()
+        self.validation_seconds += metrics.get("seconds", 0.0)
         if self.main:
             from ..io.coco_results import write_results_json
 
@@ -419,8 +462,11 @@ class Trainer:
                 extra["metrics"] = {k: self.metrics[k] for k in ("bbox", "segm")
                                     if k in self.metrics}
             save_model(self.model, self.out / "model_final.pt", **extra)
+            validation = (f" + {format_seconds(self.validation_seconds)} of validation"
+                          if self.validation_seconds else "")
             self.printer.message(
                 f"done: {self.state.iteration} iterations in "
-                f"{format_seconds(self.state.elapsed)}; weights: {self.out / 'model_final.pt'}"
+                f"{format_seconds(self.state.elapsed)}{validation}; "
+                f"weights: {self.out / 'model_final.pt'}"
             )
         dist.barrier()

@@ -30,6 +30,16 @@ def test_warmup_and_step_schedule():
     assert lr_factor(cfg, 80, 0.8) == pytest.approx(0.01)
 
 
+def test_warmup_ends_by_a_tenth_of_a_short_run():
+    cfg = TrainConfig(warmup_iters=100, warmup_factor=0.001, schedule="step")
+    # a time budget that allows ~120 iterations: 10 % of the time is gone at iteration 12
+    assert lr_factor(cfg, 12, 0.1) == pytest.approx(1.0)
+    assert lr_factor(cfg, 6, 0.05) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(cfg, 50, 0.5) == pytest.approx(1.0)  # the peak before the first step
+    off = TrainConfig(warmup_iters=100, warmup_factor=0.001, warmup_max_fraction=0.0)
+    assert lr_factor(off, 50, 0.5) == pytest.approx(0.001 * 0.5 + 0.5)
+
+
 def test_cosine_schedule():
     cfg = TrainConfig(warmup_iters=0, schedule="cosine", min_lr_factor=0.2)
     assert lr_factor(cfg, 0, 0.0) == pytest.approx(1.0)

@@ -41,7 +41,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     """Multiplier of cfg.lr at `iteration` (0-based) when the run is `progress` done.
 
-    warmup: linear from warmup_factor to 1 over warmup_iters iterations;
+    warmup: linear from warmup_factor to 1 over warmup_iters iterations, or over the first
+    warmup_max_fraction of the run where that comes first (a 4-minute run of 120
+    iterations would otherwise meet its first step before the end of a 100-iteration
+    warmup and never train at the peak rate);
     step: gamma ** (number of cfg.steps fractions passed);
     cosine: from 1 down to min_lr_factor over the run; constant: 1.
     """
@@ -57,6 +60,9 @@ def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; use step, cosine or constant")
     if iteration < cfg.warmup_iters:
         alpha = iteration / cfg.warmup_iters
+        if cfg.warmup_max_fraction > 0:  # short or time-budgeted runs: warm up in time
+            alpha = max(alpha, progress / cfg.warmup_max_fraction)
+        alpha = min(alpha, 1.0)
         factor *= cfg.warmup_factor * (1.0 - alpha) + alpha
     return factor
 

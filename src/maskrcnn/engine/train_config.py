@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay_norm: float = 0.0  # for GroupNorm / BatchNorm weights and biases
     warmup_iters: int = 100  # linear warmup from warmup_factor * lr to lr
     warmup_factor: float = 0.001
+    warmup_max_fraction: float = 0.1  # the warmup ends by this share of the run (0: off)
     schedule: str = "step"  # "step", "cosine" or "constant"
     steps: tuple[float, ...] = (0.667, 0.889)  # step: fractions of the run where lr *= gamma
     gamma: float = 0.1

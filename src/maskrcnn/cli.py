@@ -48,17 +48,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's input, reported as one line."""
     from .data.coco_records import DatasetError
     from .data.images import ImageError
+    from .deploy.metadata import ExportError
     from .engine.trainer import TrainingError
     from .io.weights import WeightsError
 
-    errors = [CliError, WeightsError, DatasetError, ImageError, TrainingError]
-    try:
-        from .deploy.exporter import ExportError
-
-        errors.append(ExportError)
-    except ImportError:  # without the onnx extra nothing can be exported anyway
-        pass
-    return tuple(errors)
+    return CliError, WeightsError, DatasetError, ImageError, TrainingError, ExportError
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -190,14 +184,14 @@ def _evaluate_json(coco_evaluate, gt_json: str, results: str, out: Path):
 
 
 def _evaluate_weights(args: argparse.Namespace, out: Path):
+    from .deploy import backend_for
     from .engine import distributed as dist
     from .engine.inference import evaluate_model
     from .engine.train_data import load_eval_dataset
     from .io.coco_results import write_results_json
     from .progress import Progress
 
-    exported = args.weights.lower().endswith((".onnx", ".xml")) or args.backend not in (
-        None, "torch")
+    exported = backend_for(args.weights, args.backend) != "torch"
     device = dist.init_distributed("cpu" if exported and args.device == "auto" else args.device)
     try:
         main_rank = dist.is_main_process()
@@ -210,8 +204,7 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
             model, dataset, args.json, label_to_category_id=model.cfg.category_ids or None,
             batch_size=args.batch_size, num_workers=args.workers, out_dir=out,
             max_dets=model.cfg.roi_heads.detections_per_image, score_thresh=args.score_thresh,
-            progress=None if progress is None else
-            lambda done, total: progress.update(min(done * args.batch_size, len(dataset))),
+            progress=None if progress is None else progress.per_batch(args.batch_size),
         )
         if progress is not None:
             progress.close()

@@ -30,6 +30,10 @@ class Progress:
             self._reported = decile
             print(text, file=self.stream, flush=True)
 
+    def per_batch(self, batch_size: int):
+        """A callback(batches done, batches) for loops that report batches, not items."""
+        return lambda done, total: self.update(min(done * batch_size, self.total))
+
     def close(self) -> None:
         if self.live:
             print(file=self.stream, flush=True)

@@ -17,7 +17,6 @@ masks, and the metadata (classes, category ids, thresholds, preset); see docs/de
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..api import export
-    from ..deploy.exporter import DEFAULT_OPSET
     from ..io.weights import load_model
 
     out = args.out
@@ -26,8 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and not out.endswith(".onnx"):
         raise CliError(f"--out {out}: an ONNX model is written as NAME.onnx")
     model = load_model(args.weights, device="cpu")
-    written = export(model, out, args.format, opset=args.opset or DEFAULT_OPSET,
-                     mask_output=args.mask_output)
+    written = export(model, out, args.format, opset=args.opset, mask_output=args.mask_output)
     print(f"wrote {', '.join(str(p) for p in written)} ({args.format}, "
           f"{model.cfg.roi_heads.num_classes - 1} classes)")
     return 0

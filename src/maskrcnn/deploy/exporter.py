@@ -21,17 +21,13 @@ from onnx import helper
 from ..io.atomic import atomic_write
 from ..modeling import MaskRCNN
 from . import graph_heads, graph_input, graph_paste, graph_resize, graph_rpn
-from .metadata import ExportInfo, info_for, to_strings
+from .metadata import ExportError, ExportInfo, info_for, to_strings
 from .networks import export_networks
 from .onnx_builder import BOOL, FLOAT, INT64, GraphBuilder, toposort, value_info
 
 FORMATS = ("onnx", "openvino")
 DEFAULT_OPSET = 18
 OPSETS = range(16, 22)
-
-
-class ExportError(ValueError):
-    """A model or an option that cannot be exported; the message says why."""
 
 
 def check_exportable(model: MaskRCNN, opset: int) -> None:

@@ -20,6 +20,10 @@ PREFIX = "maskrcnn."
 MAX_SIDE = 2**15 - 1  # the largest image side an exported model takes (exact resize)
 
 
+class ExportError(ValueError):
+    """A model or an option that cannot be exported; the message says why."""
+
+
 @dataclass
 class ExportInfo:
     """The metadata of an exported model."""
@@ -28,10 +32,6 @@ class ExportInfo:
     mask_output: str = "pasted"  # "pasted": bool [N, H, W]; "probs": float [N, M, M]
     format_version: int = FORMAT_VERSION
     preset: str = "custom"
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.cfg.class_names
 
 
 def to_strings(info: ExportInfo, package_version: str) -> dict[str, str]:

@@ -54,7 +54,6 @@ class ExportedModel:
         self.cfg = info.cfg
         self.device = torch.device("cpu")
         self.training = False
-        self.inference_optimized = True
 
     @property
     def class_names(self) -> tuple[str, ...]:

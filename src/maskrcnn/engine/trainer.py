@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import signal
 import threading
@@ -73,23 +72,13 @@ def train(run: RunConfig, data: DataPaths, out_dir: str, *, resume: bool = False
         dist.cleanup()
 
 
-def check_pretrained(cfg) -> None:
-    """TrainingError (one line) when cfg.pretrained (a BackboneConfig's ImageNet weights)
-    cannot be loaded into the body it describes."""
-    if not cfg.pretrained:
-        return
-    from ..modeling.backbone import build_backbone, load_pretrained_body
-
-    try:
-        load_pretrained_body(build_backbone(dataclasses.replace(cfg, pretrained=None)),
-                             cfg.pretrained)
-    except (OSError, ValueError) as err:
-        hint = ""
-        if _holds_whole_model(cfg.pretrained):
-            hint = (" -- it holds a whole Mask R-CNN, not an ImageNet ResNet: use it as "
-                    "--weights of predict / eval / export")
-        message = str(err).strip().splitlines()[0]
-        raise TrainingError(f"backbone.pretrained: {message}{hint}") from None
+def _pretrained_error(err: Exception, path: str) -> TrainingError:
+    """One line for a backbone.pretrained file that does not fit the body."""
+    hint = ""
+    if _holds_whole_model(path):
+        hint = (" -- it holds a whole Mask R-CNN, not an ImageNet ResNet: use it as "
+                "--weights of predict / eval / export")
+    return TrainingError(f"backbone.pretrained: {str(err).strip().splitlines()[0]}{hint}")
 
 
 def _holds_whole_model(path: str) -> bool:
@@ -111,16 +100,17 @@ class Trainer:
         self.cfg = self.run_cfg.train
         self.out, self.device, self.data = out, device, data
         self._load_data()
-        if not resume:
-            check_pretrained(self.run_cfg.model.backbone)  # before writing any file
+        self.state = TrainState()
+        if not resume:  # builds it (and reads backbone.pretrained) before writing any file
+            self._build_model(resume=False)
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
             save_run_config(self.run_cfg, out / "config.yaml")
         self.printer = ProgressPrinter(self.main, self.cfg.log_period)
         self.writer = MetricsWriter(out, enabled=self.main)
         self.checkpoints = CheckpointManager(out / "checkpoints", self.cfg.keep_checkpoints)
-        self.state = TrainState()
-        self._build_model(resume)
+        if resume:
+            self._build_model(resume=True)
         self._build_loader()
         self.limit_iters, self.budget = resolve_limits(self.cfg, len(self.loader.batch_sampler)
                                                        + self.state.batch_in_epoch)
@@ -150,7 +140,12 @@ class Trainer:
         if resume:
             model_cfg.backbone.pretrained = None  # the checkpoint holds the weights
         torch.manual_seed(self.cfg.seed)
-        self.model = build_model(model_cfg).to(self.device)
+        try:
+            self.model = build_model(model_cfg).to(self.device)
+        except (OSError, ValueError) as err:
+            if not model_cfg.backbone.pretrained:
+                raise
+            raise _pretrained_error(err, model_cfg.backbone.pretrained) from None
         self.model.cfg.backbone.pretrained = None  # saved files must not need the file
         self.optimizer = build_optimizer(self.model, self.cfg)
         amp_dtype = torch.bfloat16
@@ -436,8 +431,7 @@ class Trainer:
             label_to_category_id=self.model.cfg.category_ids or None,
             batch_size=batch, with_loss=True, out_dir=out_dir,
             max_dets=self.model.cfg.roi_heads.detections_per_image,
-            progress=None if progress is None else
-            lambda done, total: progress.update(min(done * batch, len(self.val_set))),
+            progress=None if progress is None else progress.per_batch(batch),
         )
         if progress is not None:
             progress.close()

@@ -52,10 +52,8 @@ def resize_and_pad(g: GraphBuilder, normalized: str, image_sizes: str, resized: 
                    size_divisible: int) -> str:
     """normalized [B, 3, H, W], image_sizes and resized int64 [B, 2] -> canvas
     [B, 3, Hc, Wc], Hc and Wc the largest resized sizes rounded up to size_divisible."""
-    in_h, in_w = (g.squeeze(s, [1]) for s in g.op("Split", image_sizes, [1, 1], axis=1,
-                                                  outputs=2))
-    out_h, out_w = (g.squeeze(s, [1]) for s in g.op("Split", resized, [1, 1], axis=1,
-                                                    outputs=2))
+    in_h, in_w = g.split_last(image_sizes, 2)
+    out_h, out_w = g.split_last(resized, 2)
     canvas_h = _padded_length(g, out_h, size_divisible)
     canvas_w = _padded_length(g, out_w, size_divisible)
     grid_y = _sample_coordinates(g, in_h, out_h, canvas_h, g.dim(normalized, 2))  # [B, Hc]

@@ -101,8 +101,7 @@ def _scaled_side(g: GraphBuilder, x: str, target: str, c: str, e: str, residue: 
 
 def resized_sizes(g: GraphBuilder, image_sizes: str, cfg: InputConfig) -> str:
     """int64 [B, 2] (h, w) of each image after the eager model's resize."""
-    heights, widths = (g.squeeze(s, [1]) for s in g.op("Split", image_sizes, [1, 1], axis=1,
-                                                       outputs=2))
+    heights, widths = g.split_last(image_sizes, 2)
     short, long = g.min(heights, widths), g.max(heights, widths)
     # short side's scale S / short <= M / long (rounding keeps the order; min() keeps the
     # first of equals)

@@ -13,16 +13,19 @@ from torch import Tensor
 
 from .config import ModelConfig, preset
 from .deploy.runtime import ExportedModel
-from .modeling import MaskRCNN, build_model
+from .modeling import MaskRCNN
 from .structures import Detections
 
 ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
 
 
 def create_model(name_or_config: str | ModelConfig = "torchvision_r50_fpn") -> MaskRCNN:
-    """A model with random weights from a preset name or a config."""
+    """A model from a preset name or a config: random weights, with the ImageNet body of
+    cfg.backbone.pretrained (a path or URL) when set."""
+    from .io.pretrained import build_pretrained_model
+
     cfg = preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    return build_model(cfg)
+    return build_pretrained_model(cfg)
 
 
 def image_to_tensor(image: Any) -> Tensor:

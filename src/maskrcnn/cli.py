@@ -21,6 +21,8 @@ TRAIN_EXAMPLES = """examples:
   maskrcnn train ... --out runs/shapes --resume            # continue after an interruption
   maskrcnn train ... --config my_run.yaml --epochs 12 --set lr=0.01 batch_size=4
   maskrcnn train ... --set backbone.pretrained=resnet18-f37072fd.pth   # ImageNet body
+  maskrcnn train ... --init-weights maskrcnn_resnet50_fpn_coco.pth --freeze 2 \\
+      --set input.min_size_train=[512] input.min_size_test=512  # fine-tune a COCO model
   torchrun --nproc_per_node 4 -m maskrcnn train ...          # DistributedDataParallel
 --set keys: TrainConfig fields (lr, batch_size, schedule, warmup_iters, clip_grad_norm,
 amp, accumulate, eval_period, checkpoint_period, ...; also as train.<key>) and model
@@ -73,7 +75,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace):
     """The run config: RUN/config.yaml when resuming, else preset / --config; then the
     command-line limits and flags, then --set."""
-    from .engine.train_config import RunConfig, apply_overrides, load_run_config
+    from .engine.train_config import RunConfig, apply_overrides, load_run_config, model_keys
 
     saved = Path(args.out) / "config.yaml"
     try:
@@ -88,6 +90,12 @@ def _run_config(args: argparse.Namespace):
             from .config import preset
 
             run = RunConfig(model=preset(args.preset or "small"))
+        if args.init_weights and not (args.resume and saved.is_file()):
+            _model_from_weights(run, args)
+        if args.freeze is not None:
+            if not 0 <= args.freeze <= 5:
+                raise CliError(f"--freeze takes 0..5 body stages, not {args.freeze}")
+            run.model.backbone.trainable_layers = 5 - args.freeze
         train = run.train
         if args.iters is not None or args.epochs is not None or args.minutes is not None:
             train.max_iters = args.iters or 0
@@ -99,10 +107,38 @@ def _run_config(args: argparse.Namespace):
             if getattr(args, flag) is not None:
                 setattr(train, key, getattr(args, flag))
         apply_overrides(run, args.set or [])
+        if not (args.resume and saved.is_file()):
+            user_section = _model_section(args.config) if args.config else {}
+            run.train.user_model_keys = tuple(dict.fromkeys(
+                (*run.train.user_model_keys, *model_keys(args.set or [], user_section))))
     except ValueError as err:
         raise CliError(str(err)) from None
     _check_train_config(run.train)
     return run
+
+
+def _model_from_weights(run, args: argparse.Namespace) -> None:
+    """--init-weights: the model is the file's (its classes come from the training set)."""
+    from .engine.init_weights import run_config_from_weights
+
+    if args.preset:
+        raise CliError("--init-weights: the model's settings come from the file; change them "
+                       "with --set (e.g. input.min_size_train=[512]), not --preset")
+    if args.config and _model_section(args.config):
+        print(f"maskrcnn: note: the model comes from {args.init_weights}; the model settings "
+              f"of {args.config} are not used (--set model.KEY=VALUE changes them)",
+              file=sys.stderr)
+    run_config_from_weights(args.init_weights, base=run)
+
+
+def _model_section(path: str) -> dict:
+    """The model settings a run config file gives (a bare ModelConfig file is all model)."""
+    import yaml
+
+    from .engine.train_config import model_section_of
+
+    with open(path) as f:
+        return model_section_of(yaml.safe_load(f) or {})
 
 
 def _check_train_config(train) -> None:
@@ -239,8 +275,10 @@ def _add_train_parser(commands) -> None:
     p.add_argument("--val-images", help="folder of the validation images")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder")
     base = p.add_mutually_exclusive_group()
-    base.add_argument("--preset", help="model preset (default small): small, r50_fpn, "
-                                       "torchvision_r50_fpn, detectron2_r50_fpn")
+    from .config import PRESETS  # no torch: help stays fast
+
+    base.add_argument("--preset", help="model preset (default small): "
+                                       + ", ".join(PRESETS))
     base.add_argument("--config", help="run config YAML (model: and train: sections)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, help="optimizer steps")
@@ -248,6 +286,12 @@ def _add_train_parser(commands) -> None:
     length.add_argument("--minutes", type=float, help="training time budget")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN from its newest usable checkpoint")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="fine-tune: start from a trained model (ours, torchvision's, ...); "
+                        "its settings, the training set's classes")
+    p.add_argument("--freeze", type=int, metavar="N",
+                   help="freeze the first N of the body's 5 stages (conv1, layer1-4); "
+                        "torchvision's trainable_backbone_layers = 5 - N")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
                    help="override config values, e.g. lr=0.01 backbone.depth=50")
     p.add_argument("--batch-size", type=int, help="images per batch and process")
@@ -341,8 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskrcnn: {'error: ' if exit_code is None else ''}{message}", file=sys.stderr)
         return exit_code or 1
     except KeyboardInterrupt:
-        if sys.stdout.isatty():  # end a live progress line first
-            print(flush=True)
+        for stream in (sys.stdout, sys.stderr):  # end a live progress line first
+            if stream.isatty():
+                print(file=stream, flush=True)
+                break
         print("maskrcnn: interrupted", file=sys.stderr)
         return 130
 

@@ -35,8 +35,10 @@ class BackboneConfig:
     norm: str = "frozen_bn"  # "frozen_bn", "bn" (trainable), "gn" (GroupNorm, 32 groups)
     trainable_layers: int = 3  # how many of layer4..conv1 train (torchvision's meaning, 0-5)
     fpn_channels: int = 256
-    fpn_norm: str = "none"  # "none" or "gn"
+    fpn_norm: str = "none"  # "none" (convs with bias), "bn" (BatchNorm2d) or "gn" (GroupNorm 32)
     pretrained: str | None = None  # local path or URL of ImageNet weights for the body
+    # MSRA / detectron2 bottlenecks subsample in their first 1x1 conv, torchvision's in the 3x3
+    stride_in_1x1: bool = False
 
 
 @dataclass
@@ -64,6 +66,7 @@ class RPNConfig:
     positive_fraction: float = 0.5
     smooth_l1_beta: float = 1.0 / 9  # 0 means L1
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    head_convs: int = 1  # shared 3x3 conv + ReLU layers before the 1x1s (torchvision v2: 2)
 
 
 @dataclass
@@ -81,9 +84,17 @@ class RoIHeadsConfig:
     positive_fraction: float = 0.25
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     smooth_l1_beta: float = 1.0 / 9  # 0 means L1
+    # box head: box_head_convs 3x3 convs (box_head_conv_channels each, + box_head_norm,
+    # + ReLU), flatten, box_head_fcs fc layers of representation_size (+ ReLU). torchvision
+    # v1 and the paper: 0 convs, 2 fcs ("2fc"); torchvision v2: 4 convs with "bn", 1 fc.
+    box_head_convs: int = 0
+    box_head_conv_channels: int = 256
+    box_head_norm: str = "none"  # after each box head conv: "none" (bias), "bn" or "gn"
+    box_head_fcs: int = 2
     representation_size: int = 1024
     mask_head_channels: int = 256
     mask_head_convs: int = 4
+    mask_head_norm: str = "none"  # after each mask head conv: "none" (bias), "bn" or "gn"
     class_agnostic_mask: bool = False  # paper ablation: one mask for all classes
     mask_loss: str = "sigmoid"  # "sigmoid" (paper) or "softmax" (ablation: across classes)
     score_thresh: float = 0.05
@@ -116,6 +127,21 @@ def _torchvision_r50_fpn() -> ModelConfig:
     return ModelConfig()
 
 
+def _torchvision_r50_fpn_v2() -> ModelConfig:
+    """torchvision.models.detection.maskrcnn_resnet50_fpn_v2, exactly: trainable BatchNorm
+    in the body (torchvision does not freeze it), BatchNorm in the FPN, two RPN head convs,
+    a 4-conv (BatchNorm) + 1-fc box head, BatchNorm after each mask head conv."""
+    cfg = ModelConfig()
+    cfg.backbone.norm = "bn"
+    cfg.backbone.fpn_norm = "bn"
+    cfg.rpn.head_convs = 2
+    cfg.roi_heads.box_head_convs = 4
+    cfg.roi_heads.box_head_norm = "bn"
+    cfg.roi_heads.box_head_fcs = 1
+    cfg.roi_heads.mask_head_norm = "bn"
+    return cfg
+
+
 def _r50_fpn() -> ModelConfig:
     """The paper's R50-FPN: 1000 proposals per image in training and test (Sec. 3.1)."""
     cfg = ModelConfig()
@@ -143,6 +169,7 @@ def _detectron2_r50_fpn() -> ModelConfig:
     cfg.roi_heads.binarize_mask_targets = True
     cfg.anchors.round_cell_anchors = False
     cfg.anchors.strides_from_grid = False
+    cfg.backbone.stride_in_1x1 = True  # MSRA ImageNet bodies (RESNETS.STRIDE_IN_1X1)
     return cfg
 
 
@@ -169,6 +196,7 @@ def _small() -> ModelConfig:
 
 PRESETS = {
     "torchvision_r50_fpn": _torchvision_r50_fpn,
+    "torchvision_r50_fpn_v2": _torchvision_r50_fpn_v2,
     "r50_fpn": _r50_fpn,
     "detectron2_r50_fpn": _detectron2_r50_fpn,
     "small": _small,

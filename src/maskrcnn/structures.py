@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+MASK_THRESHOLD = 0.5  # default of RoIHeadsConfig.mask_threshold
+
+
+def binarize_masks(masks: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
+    """Soft masks -> bool: foreground where prob > threshold, the one rule everywhere (the
+    model's pasting, COCO results, drawings), torchvision's. Bool/uint8 masks pass as bool."""
+    return masks > threshold if masks.is_floating_point() else masks.bool()
+
 
 @dataclass
 class ImageList:

@@ -1,10 +1,11 @@
 """Reference models for parity tests and benchmarks (needs torchvision's detection models).
 
-No weights can be downloaded, so the reference is torchvision's maskrcnn_resnet50_fpn with
-seeded random weights, perturbed so that it behaves like a trained model: BatchNorm
-statistics calibrated on the given images (features of unit scale instead of random-init
-blow-ups), then frozen as torchvision does for pretrained weights; objectness and class
-logits scaled so that scores spread and detections are not near-ties.
+No weights can be downloaded, so the reference is torchvision's maskrcnn_resnet50_fpn (or
+maskrcnn_resnet50_fpn_v2) with seeded random weights, perturbed so that it behaves like a
+trained model: BatchNorm statistics calibrated on the given images (features of unit scale
+instead of random-init blow-ups), then (v1) frozen as torchvision does for pretrained
+weights; objectness and class logits scaled so that scores spread and detections are not
+near-ties.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig, preset
-from .io.weights import convert_torchvision_state_dict, load_state_dict_checked
+from .io.torchvision_weights import convert_torchvision_state_dict
+from .io.weights import load_state_dict_checked
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -33,6 +35,26 @@ def freeze_batchnorm(module: nn.Module) -> None:
             freeze_batchnorm(child)
 
 
+def _randomize_batchnorm(model: nn.Module) -> None:
+    """Random affine parameters and reset statistics; momentum None, so the next train-mode
+    forward sets the running statistics to that batch's."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None  # running stats = plain average over the batch
+                module.reset_running_stats()
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+
+
+def _spread_torchvision_scores(model: nn.Module) -> None:
+    with torch.no_grad():
+        model.rpn.head.cls_logits.weight.mul_(10)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.06)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(3)
+
+
 def perturbed_torchvision_maskrcnn(
     calibration_images: Sequence[Tensor], min_size: int = 800, max_size: int = 1333, seed: int = 0
 ) -> nn.Module:
@@ -43,27 +65,65 @@ def perturbed_torchvision_maskrcnn(
     model = maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
     )
+    _randomize_batchnorm(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.momentum = None  # running stats = plain average over the batch
-                module.reset_running_stats()
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
         model.train()
         model.backbone(model.transform(list(calibration_images))[0].tensors)
         model.eval()
     freeze_batchnorm(model)
-    with torch.no_grad():
-        model.rpn.head.cls_logits.weight.mul_(10)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.06)
-        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
-        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(3)
+    _spread_torchvision_scores(model)
     return model
 
 
-def torchvision_config(min_size: int = 800, max_size: int = 1333) -> ModelConfig:
-    cfg = preset("torchvision_r50_fpn")
+def perturbed_torchvision_maskrcnn_v2(
+    calibration_images: Sequence[Tensor], min_size: int = 800, max_size: int = 1333,
+    seed: int = 0, num_classes: int = 91, **kwargs,
+) -> nn.Module:
+    """torchvision maskrcnn_resnet50_fpn_v2 with perturbed seeded weights, in eval mode.
+
+    Its BatchNorm layers stay nn.BatchNorm2d (v2 never freezes them), calibrated stage by
+    stage on the images: body and FPN, then the box head on the RPN's proposals, then the
+    mask head on the best 100 proposals per image; momentum is back to 0.1 afterwards.
+    Every conv and linear bias is small random noise, so that misplaced biases show.
+    kwargs go to torchvision's builder (e.g. rpn_post_nms_top_n_test, for speed).
+    """
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    torch.manual_seed(seed)
+    model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None,
+                                     num_classes=num_classes, min_size=min_size,
+                                     max_size=max_size, **kwargs)
+    _randomize_batchnorm(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                if module.bias is not None:
+                    module.bias.normal_(0, 0.01)
+        model.eval()
+        images, _ = model.transform(list(calibration_images))
+        model.backbone.train()
+        model.backbone(images.tensors)
+        model.backbone.eval()
+        features = model.backbone(images.tensors)
+        proposals, _ = model.rpn(images, features)
+        heads = model.roi_heads
+        heads.box_head.train()
+        heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+        heads.mask_head.train()
+        best = [p[:100] for p in proposals]
+        heads.mask_head(heads.mask_roi_pool(features, best, images.image_sizes))
+        model.eval()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
+    _spread_torchvision_scores(model)
+    return model
+
+
+def torchvision_config(min_size: int = 800, max_size: int = 1333,
+                       name: str = "torchvision_r50_fpn") -> ModelConfig:
+    """The torchvision preset `name` (v1 or "torchvision_r50_fpn_v2") at these sizes."""
+    cfg = preset(name)
     cfg.input.min_size_train = (min_size,)
     cfg.input.min_size_test = min_size
     cfg.input.max_size = max_size

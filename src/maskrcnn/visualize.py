@@ -1,4 +1,4 @@
-"""Drawing: detection overlays on images, and precision-recall plots, with PIL only."""
+"""Drawing: detection overlays on images (PIL), and precision-recall plots (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from maskrcnn.structures import Detections
+from maskrcnn.structures import Detections, binarize_masks
 
-__all__ = ["PALETTE", "PR_PLOT_SIZE", "draw_detections", "draw_pr_plot", "save_overlay"]
+__all__ = ["PALETTE", "PR_PLOT_SIZE", "draw_detections", "draw_pr_plot", "new_figure",
+           "save_overlay"]
 
 # Fixed, well separated colours (RGB); detection i gets PALETTE[i % len(PALETTE)].
 PALETTE = np.array(
@@ -143,7 +144,7 @@ def draw_detections(
                 f"masks are {tuple(masks.shape[-2:])}, image is {(height, width)}: paste "
                 "masks at the image size first"
             )
-        masks = (masks >= 0.5) if masks.is_floating_point() else masks.bool()
+        masks = binarize_masks(masks)
         rgb = _blend_masks(rgb, masks.numpy(), colors, MASK_ALPHA, outline=max(1, height // 400))
     out = Image.fromarray(rgb)
     draw = ImageDraw.Draw(out)
@@ -171,38 +172,22 @@ def save_overlay(
     draw_detections(image, dets, class_names, score_thresh).save(path)
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int, int, int]:
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    return l, t, r - l, b - t
+def new_figure(size: tuple[int, int], dpi: int = 100):
+    """A matplotlib Figure of `size` (width, height) pixels on its own Agg canvas (no pyplot:
+    the user's global backend and figure list are left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _draw_axes(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], font) -> None:
-    """Frame, grid, ticks 0..1 by 0.2 on both axes, and the axis names."""
-    x0, y0, x1, y1 = box
-    for i in range(6):
-        v = i / 5
-        px = x0 + v * (x1 - x0)
-        py = y1 - v * (y1 - y0)
-        draw.line((px, y0, px, y1), fill=(225, 225, 225))
-        draw.line((x0, py, x1, py), fill=(225, 225, 225))
-        draw.line((px, y1, px, y1 + 5), fill=(0, 0, 0))
-        draw.line((x0 - 5, py, x0, py), fill=(0, 0, 0))
-        label = f"{v:.1f}"
-        l, t, w, h = _text_size(draw, label, font)
-        draw.text((px - w / 2 - l, y1 + 8 - t), label, fill=(0, 0, 0), font=font)
-        draw.text((x0 - 9 - w - l, py - h / 2 - t), label, fill=(0, 0, 0), font=font)
-    draw.rectangle(box, outline=(0, 0, 0), width=1)
-    l, t, w, h = _text_size(draw, "Recall", font)
-    draw.text(((x0 + x1) / 2 - w / 2 - l, y1 + 28 - t), "Recall", fill=(0, 0, 0), font=font)
-
-
-def _draw_vertical_text(img: Image.Image, text: str, center: tuple[int, int], font) -> None:
-    probe = ImageDraw.Draw(img)
-    l, t, w, h = _text_size(probe, text, font)
-    tile = Image.new("RGB", (w + 2, h + 2), (255, 255, 255))
-    ImageDraw.Draw(tile).text((1 - l, 1 - t), text, fill=(0, 0, 0), font=font)
-    tile = tile.rotate(90, expand=True)
-    img.paste(tile, (int(center[0] - tile.width / 2), int(center[1] - tile.height / 2)))
+def _figure_image(fig) -> Image.Image:
+    """Render a figure made by `new_figure` to an RGB PIL image of its pixel size."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return Image.fromarray(rgba[:, :, :3].copy())
 
 
 def draw_pr_plot(
@@ -214,38 +199,29 @@ def draw_pr_plot(
     """Line plot of precision-recall curves: recall [R] in [0, 1], curves name -> [R].
 
     Points with a negative precision (pycocotools' -1, "no ground truth") are not drawn.
-    Returns an RGB image of `size` (width, height) with axes, ticks, labels and a legend.
+    Returns an RGB image of `size` (width, height) with axes, grid, labels and a legend
+    (drawn with matplotlib's Agg renderer).
     """
-    width, height = size
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    font = _font(12)
-    box = (70, 40, width - 20, height - 60)  # plot area: left, top, right, bottom
-    _draw_axes(draw, box, font)
-    _draw_vertical_text(img, "Precision", (22, (box[1] + box[3]) // 2), font)
-    l, t, w, _ = _text_size(draw, title, font)
-    draw.text(((width - w) / 2 - l, 14 - t), title, fill=(0, 0, 0), font=font)
-    x0, y0, x1, y1 = box
+    fig = new_figure(size)
+    ax = fig.add_subplot()
     recall = np.asarray(recall, dtype=np.float64)
-    legend: list[tuple[str, tuple[int, int, int]]] = []
     for i, (name, prec) in enumerate(curves.items()):
-        color = tuple(int(c) for c in PALETTE[[3, 0, 1, 4, 5][i % 5]])
+        color = PALETTE[[3, 0, 1, 4, 5][i % 5]] / 255.0
         prec = np.asarray(prec, dtype=np.float64)
-        valid = prec >= 0
-        if valid.any():
-            xs = x0 + recall[valid] * (x1 - x0)
-            ys = y1 - prec[valid] * (y1 - y0)
-            draw.line(list(zip(xs.tolist(), ys.tolist())), fill=color, width=2)
-        legend.append((name, color))
-    # legend, bottom-left inside the plot area (under the curves, usually empty)
-    line_h = 18
-    lx, ly = x0 + 12, y1 - 12 - line_h * len(legend)
-    lw = max((_text_size(draw, n, font)[2] for n, _ in legend), default=0) + 42
-    if legend:
-        draw.rectangle((lx - 6, ly - 6, lx + lw, y1 - 8), fill=(255, 255, 255), outline=(0,) * 3)
-    for j, (name, color) in enumerate(legend):
-        cy = ly + j * line_h + line_h / 2
-        draw.line((lx, cy, lx + 24, cy), fill=color, width=3)
-        l, t, _, h = _text_size(draw, name, font)
-        draw.text((lx + 30 - l, cy - h / 2 - t), name, fill=(0, 0, 0), font=font)
-    return img
+        # NaN breaks the line where pycocotools has no value, instead of joining across
+        ax.plot(recall, np.where(prec >= 0, prec, np.nan), color=color, linewidth=2,
+                label=name)
+    ax.set_xlim(-0.01, 1.01)  # a margin keeps curves along 0 and 1 off the frame
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(np.linspace(0.0, 1.0, 6))
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    ax.grid(True, color=(0.88, 0.88, 0.88), linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(loc="best", fontsize=9, framealpha=0.9)  # where it hides the least
+    fig.tight_layout()
+    return _figure_image(fig)

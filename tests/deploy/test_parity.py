@@ -140,7 +140,8 @@ def test_export_leaves_the_model_alone(exports):
 def test_preset_names():
     from maskrcnn.config import preset, preset_name
 
-    for name in ("torchvision_r50_fpn", "r50_fpn", "detectron2_r50_fpn", "small"):
+    for name in ("torchvision_r50_fpn", "torchvision_r50_fpn_v2", "r50_fpn",
+                 "detectron2_r50_fpn", "small"):
         cfg = preset(name)
         cfg.roi_heads.num_classes = 7  # the classes do not change the preset
         cfg.class_names = tuple("abcdefg")

@@ -15,13 +15,12 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from maskrcnn.config import BackboneConfig
-from maskrcnn.io.torchvision_keys import map_torchvision_backbone_key
+from maskrcnn.io.torchvision_weights import map_torchvision_backbone_key
 from maskrcnn.modeling.backbone import (
     Backbone,
     FrozenBatchNorm2d,
     build_backbone,
     fold_frozen_batchnorm,
-    load_pretrained_body,
 )
 from maskrcnn.modeling.fpn import FPN
 
@@ -188,79 +187,7 @@ def test_fold_frozen_batchnorm_keeps_outputs(r50_pair):
         _assert_close_scaled(got[level], expected[level])
 
 
-def test_load_pretrained_body_from_local_file(tmp_path):
-    torch.manual_seed(0)
-    imagenet = torchvision.models.resnet18(weights=None)
-    with torch.no_grad():
-        for module in imagenet.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_()
-    path = tmp_path / "resnet18-imagenet.pth"
-    torch.save(imagenet.state_dict(), path)  # includes fc.* and num_batches_tracked
-    backbone = build_backbone(BackboneConfig(depth=18, fpn_channels=64))
-    load_pretrained_body(backbone, str(path))
-    body_state = backbone.body.state_dict()
-    for key, value in imagenet.state_dict().items():
-        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
-            assert key not in body_state
-        else:
-            assert_close(body_state[key], value, msg=key)
-    # The trainable_layers freeze survives loading.
-    assert not backbone.body.conv1.weight.requires_grad
-    assert backbone.body.layer4[0].conv1.weight.requires_grad
-
-    # Through build_backbone with cfg.pretrained.
-    built = build_backbone(BackboneConfig(depth=18, fpn_channels=64, pretrained=str(path)))
-    assert_close(built.body.bn1.running_mean, imagenet.bn1.running_mean)
-
-
-def test_load_pretrained_body_from_url_uses_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    imagenet = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "resnet18-url.pth"
-    torch.save(imagenet.state_dict(), path)
-    backbone = build_backbone(BackboneConfig(depth=18, fpn_channels=64))
-    load_pretrained_body(backbone, path.as_uri())
-    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / path.name).is_file()
-    assert_close(backbone.body.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight)
-
-
-def test_load_pretrained_body_errors(tmp_path):
-    backbone = build_backbone(BackboneConfig(depth=18, fpn_channels=64))
-    before = copy.deepcopy(backbone.body.state_dict())
-    good = torchvision.models.resnet18(weights=None).state_dict()
-
-    bad_shape = dict(good)
-    bad_shape["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
-    torch.save(bad_shape, tmp_path / "bad_shape.pth")
-    with pytest.raises(ValueError, match=r"bad_shape\.pth.*layer2\.0\.conv1\.weight"):
-        load_pretrained_body(backbone, str(tmp_path / "bad_shape.pth"))
-
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
-    with pytest.raises(ValueError, match=r"r50\.pth.*'layer1\.0\.conv1\.weight'"):
-        load_pretrained_body(backbone, str(tmp_path / "r50.pth"))
-
-    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match=r"other\.pth.*missing key 'conv1\.weight'"):
-        load_pretrained_body(backbone, str(tmp_path / "other.pth"))
-
-    extra = dict(good, **{"layer5.0.conv1.weight": torch.zeros(1)})
-    torch.save(extra, tmp_path / "extra.pth")
-    with pytest.raises(ValueError, match=r"extra\.pth.*unexpected key 'layer5\.0\.conv1"):
-        load_pretrained_body(backbone, str(tmp_path / "extra.pth"))
-
-    torch.save([1, 2, 3], tmp_path / "list.pth")
-    with pytest.raises(ValueError, match=r"list\.pth.*not a state_dict"):
-        load_pretrained_body(backbone, str(tmp_path / "list.pth"))
-
-    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"garbage\.pth"):
-        load_pretrained_body(backbone, str(tmp_path / "garbage.pth"))
-
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_pretrained_body(backbone, str(tmp_path / "missing.pth"))
-    # Nothing was loaded by the failed attempts.
-    assert_close(backbone.body.state_dict(), before, rtol=0, atol=0)
+# backbone.pretrained (reading ImageNet bodies) is tested in tests/io/test_pretrained.py
 
 
 def test_torchvision_key_mapping_covers_maskrcnn_resnet50_fpn():
@@ -287,4 +214,4 @@ def test_unknown_options_raise():
     with pytest.raises(ValueError, match="norm"):
         build_backbone(BackboneConfig(depth=18, norm="syncbn"))
     with pytest.raises(ValueError, match="FPN norm"):
-        build_backbone(BackboneConfig(depth=18, fpn_norm="bn"))
+        build_backbone(BackboneConfig(depth=18, fpn_norm="syncbn"))

@@ -39,6 +39,26 @@ def test_mixed_batch_with_and_without_objects(tiny_model):
     assert losses["loss_mask"] > 0
 
 
+def test_an_image_without_masks_keeps_the_others_mask_loss(tiny_model):
+    masks = torch.zeros(1, 80, 96, dtype=torch.uint8)
+    masks[0, 10:50, 20:70] = 1
+    box, label = torch.tensor([[20.0, 10.0, 70.0, 50.0]]), torch.tensor([2])
+    images = [torch.rand(3, 80, 96), torch.rand(3, 80, 96)]
+    tiny_model.train()
+
+    def mask_loss(second_masks):
+        torch.manual_seed(0)
+        targets = [Targets(box, label, masks), Targets(box, label, second_masks)]
+        return tiny_model(images, targets).get("loss_mask")
+
+    both, first_only = mask_loss(masks), mask_loss(None)
+    assert first_only is not None and torch.isfinite(first_only) and first_only > 0
+    assert not torch.equal(both, first_only)  # the second image's RoIs left out
+    torch.manual_seed(0)
+    box_only = tiny_model(images, [Targets(box, label, None), Targets(box, label, None)])
+    assert "loss_mask" not in box_only
+
+
 def test_validation_loss_in_eval_mode(tiny_model):
     tiny_model.eval()
     losses = tiny_model.compute_losses([torch.rand(3, 64, 64)], [_empty_targets(64, 64)])

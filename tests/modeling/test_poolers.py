@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 
 import pytest
@@ -11,8 +12,9 @@ from torch.testing import assert_close
 from torchvision.ops.poolers import LevelMapper
 
 from maskrcnn.modeling.poolers import MultiLevelRoIAlign
-from maskrcnn.ops import roi_align as roi_align_module
 from maskrcnn.ops.roi_align import roi_align
+
+roi_align_module = importlib.import_module("maskrcnn.ops.roi_align")  # the module
 
 NAMES = ["p2", "p3", "p4", "p5"]
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)

@@ -1,8 +1,10 @@
-"""`maskrcnn export`: weights -> one ONNX file or an OpenVINO IR pair, the whole model."""
+"""`maskrcnn export`: weights -> one ONNX file or an OpenVINO IR pair (the whole model), or
+the weights as safetensors."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from . import CliError
 
@@ -11,6 +13,8 @@ EXAMPLES = """examples:
   maskrcnn export --weights runs/demo/model_final.pt --format openvino --out model.xml
   maskrcnn export --weights maskrcnn_resnet50_fpn_coco.pth --out coco.onnx --opset 17
   maskrcnn predict photos/ --weights model.onnx          # then run it
+  maskrcnn export --weights runs/demo/model_final.pt --format safetensors \\
+      --out model.safetensors                            # weights only, read by every command
 The file holds pre-processing, backbone, RPN, box and mask heads with NMS and the pasted
 masks, and the metadata (classes, category ids, thresholds, preset); see docs/deploy.md."""
 
@@ -24,11 +28,36 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out}: an OpenVINO model is written as NAME.xml (+ NAME.bin)")
     if args.format == "onnx" and not out.endswith(".onnx"):
         raise CliError(f"--out {out}: an ONNX model is written as NAME.onnx")
+    if args.format == "safetensors":
+        return _export_safetensors(args.weights, out)
+    start = time.perf_counter()
+    _stage(f"loading {args.weights}")
     model = load_model(args.weights, device="cpu")
+    _stage("building and checking the ONNX graph, then "
+           + ("converting it to OpenVINO IR" if args.format == "openvino" else f"writing {out}"))
     written = export(model, out, args.format, opset=args.opset, mask_output=args.mask_output)
     print(f"wrote {', '.join(str(p) for p in written)} ({args.format}, "
-          f"{model.cfg.roi_heads.num_classes - 1} classes)")
+          f"{model.cfg.roi_heads.num_classes - 1} classes) in "
+          f"{time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _export_safetensors(weights: str, out: str) -> int:
+    """The weights as safetensors, our config in the metadata (every command reads it)."""
+    from ..io.weights import load_model, save_model
+
+    if not out.endswith(".safetensors"):
+        raise CliError(f"--out {out}: a safetensors file is written as NAME.safetensors")
+    model = load_model(weights, device="cpu")
+    save_model(model, out, safetensors=True)
+    print(f"wrote {out} (safetensors, {model.cfg.roi_heads.num_classes - 1} classes)")
+    return 0
+
+
+def _stage(text: str) -> None:
+    """A stage of the export, on stdout (stderr keeps errors to one line); the steps are
+    few and long, so a line each rather than a progress bar."""
+    print(f"export: {text} ...", flush=True)
 
 
 def add_parser(commands) -> None:
@@ -37,9 +66,10 @@ def add_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--weights", required=True, help="our checkpoint or a torchvision state_dict")
-    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
-                   help="onnx (default): one .onnx file; openvino: .xml + .bin")
-    p.add_argument("--out", required=True, help="NAME.onnx or NAME.xml")
+    p.add_argument("--format", choices=["onnx", "openvino", "safetensors"], default="onnx",
+                   help="onnx (default): one .onnx file; openvino: .xml + .bin; "
+                        "safetensors: the weights with their config (for torch)")
+    p.add_argument("--out", required=True, help="NAME.onnx, NAME.xml or NAME.safetensors")
     p.add_argument("--opset", type=int, help="ONNX opset, 16-21 (default 18)")
     p.add_argument("--mask-output", choices=["pasted", "probs"], default="pasted",
                    help="pasted (default): bool masks at the input size; probs: the "

@@ -36,8 +36,14 @@ def write_shapes_dataset(
     num_val: int = 50,
     image_size: int = 256,
     seed: int = 0,
+    objects: tuple[int, int] = (2, 6),
+    shape_size: tuple[float, float] = (MIN_SIZE, MAX_SIZE),
 ) -> dict[str, Any]:
     """Write the shapes dataset; return paths and counts.
+
+    objects: the range (inclusive) of shapes tried per image; shape_size: the range of
+    their diameters as a fraction of the image side (defaults: the demo's data; e.g.
+    objects=(40, 60), shape_size=(0.06, 0.1) gives small dense objects).
 
     Returns dict(root, images_dir, train_json, val_json, class_names (index = label, 0 =
     "background"), num_images {split: n}, num_annotations {split: n}).
@@ -58,12 +64,12 @@ def write_shapes_dataset(
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_id, i])
-            pixels, objects = make_shapes_image(rng, image_size)
+            pixels, annotated = make_shapes_image(rng, image_size, objects, shape_size)
             file_name = f"{split}_{i:05d}.png"
             Image.fromarray(pixels).save(images_dir / file_name, compress_level=1, compress_type=2)
             images.append({"id": i + 1, "file_name": file_name,
                            "height": image_size, "width": image_size})
-            for obj in objects:
+            for obj in annotated:
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **obj})
         coco = {"info": {"description": f"synthetic shapes, seed {seed}"},
                 "images": images, "annotations": annotations, "categories": categories}
@@ -76,12 +82,15 @@ def write_shapes_dataset(
     return info
 
 
-def make_shapes_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
+def make_shapes_image(
+    rng: np.random.Generator, size: int, objects: tuple[int, int] = (2, 6),
+    shape_size: tuple[float, float] = (MIN_SIZE, MAX_SIZE),
+) -> tuple[np.ndarray, list[dict]]:
     """One image [size, size, 3] uint8 and its annotations (COCO fields without ids)."""
     canvas = _background(rng, size)  # [S, S, 3] float32 in [0, 1]
     shapes: list[tuple[int, list[float], np.ndarray]] = []  # (category id, polygon, mask)
-    for _ in range(int(rng.integers(2, 7))):
-        placed = _place_shape(rng, size, [s[2] for s in shapes])
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+        placed = _place_shape(rng, size, [s[2] for s in shapes], shape_size)
         if placed is not None:
             shapes.append(placed)
     hues = _distinct_hues(rng, len(shapes))
@@ -119,12 +128,13 @@ def _annotations(shapes: list[tuple[int, list[float], np.ndarray]]) -> list[dict
 
 
 def _place_shape(
-    rng: np.random.Generator, size: int, earlier: list[np.ndarray]
+    rng: np.random.Generator, size: int, earlier: list[np.ndarray],
+    shape_size: tuple[float, float] = (MIN_SIZE, MAX_SIZE),
 ) -> tuple[int, list[float], np.ndarray] | None:
     """Random shape that leaves each earlier shape at least half visible, or None."""
     for _ in range(_PLACEMENT_TRIES):
         category = int(rng.integers(len(CATEGORIES)))
-        radius = 0.5 * size * rng.uniform(MIN_SIZE, MAX_SIZE)
+        radius = 0.5 * size * rng.uniform(*shape_size)
         centre = rng.uniform(0.5 * radius, size - 0.5 * radius, size=2)
         polygon = _shape_polygon(category, centre, radius, rng.uniform(0.0, 2.0 * math.pi))
         mask = _rasterize(polygon, size)

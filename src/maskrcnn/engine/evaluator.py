@@ -216,7 +216,7 @@ def coco_evaluate(
 def _write_outputs(
     out_dir: Path, metrics: dict[str, Any], evals: Mapping[str, COCOeval], max_dets: int
 ) -> None:
-    from maskrcnn.visualize import draw_pr_plot  # PIL drawing, only needed here
+    from maskrcnn.visualize import draw_pr_plot  # matplotlib drawing, only needed here
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(metrics, out_dir / "metrics.json")

@@ -14,7 +14,7 @@ from torch import nn
 
 from .train_config import TrainConfig
 
-__all__ = ["build_optimizer", "lr_factor", "set_lr"]
+__all__ = ["build_optimizer", "describe_schedule", "lr_factor", "set_lr"]
 
 _NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -65,6 +65,23 @@ def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
         alpha = min(alpha, 1.0)
         factor *= cfg.warmup_factor * (1.0 - alpha) + alpha
     return factor
+
+
+def describe_schedule(cfg: TrainConfig, by_time: bool) -> str:
+    """One line on what the learning rate does over this run (printed at the start)."""
+    run = "the time budget" if by_time else "the run"
+    parts = [f"lr {cfg.lr:g}"]
+    if cfg.warmup_iters > 0:
+        warmup = f"warmup over {cfg.warmup_iters} iterations"
+        if cfg.warmup_max_fraction > 0:
+            warmup += f" or {cfg.warmup_max_fraction:.0%} of {run}, whichever ends first"
+        parts.append(warmup)
+    if cfg.schedule == "step" and cfg.steps:
+        at = " and ".join(f"{s:.1%}" for s in cfg.steps)
+        parts.append(f"x{cfg.gamma:g} at {at} of {run}")
+    elif cfg.schedule == "cosine":
+        parts.append(f"cosine down to x{cfg.min_lr_factor:g} at the end of {run}")
+    return "schedule: " + "; ".join(parts)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -36,6 +36,9 @@ class TrainConfig:
     hflip: float = 0.5  # horizontal flip probability
     keep_empty: bool = True  # keep images without annotations as negatives
     seed: int = 0  # model init, data order, augmentation
+    init_weights: str = ""  # fine-tuning: start from this whole-model file (what fits loads)
+    fit_to_data: bool = True  # anchors and detections per image from the training set
+    user_model_keys: tuple[str, ...] = ()  # model settings given by the user: never fitted
     # solver: SGD with momentum
     lr: float = 0.02  # peak learning rate (after warmup)
     momentum: float = 0.9
@@ -109,6 +112,16 @@ def run_config_from_dict(data: dict[str, Any], base: RunConfig | None = None) ->
     return run
 
 
+def model_section_of(data: Any) -> dict[str, Any]:
+    """The `model:` mapping of a run config file's data (all of a bare ModelConfig file)."""
+    if not isinstance(data, dict):
+        return {}
+    if data and set(data) <= _MODEL_FIELDS:
+        return data
+    section = data.get("model")
+    return section if isinstance(section, dict) else {}
+
+
 def load_run_config(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
     """Read a run (or model) YAML file; ValueError naming the file if it is unusable."""
     import yaml
@@ -136,6 +149,41 @@ def save_run_config(run: RunConfig, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: yaml.safe_dump(run_config_to_dict(run), f, sort_keys=False))
 
 
+def _resolve_key(key: str) -> tuple[str, list[str]]:
+    """`--set` key -> (section, field path): `train.lr`, `lr`, `model.rpn.x`, `rpn.x`."""
+    parts = key.split(".")
+    if parts[0] in ("model", "train") and len(parts) > 1:
+        return parts[0], parts[1:]
+    if parts[0] in _TRAIN_FIELDS and len(parts) == 1:
+        return "train", parts
+    if parts[0] in _MODEL_FIELDS:
+        return "model", parts
+    raise ValueError(
+        f"--set {key}: unknown config key; use train.<field> (e.g. lr, batch_size, "
+        f"max_iters) or model.<path> (e.g. backbone.depth, roi_heads.score_thresh)"
+    )
+
+
+def model_keys(overrides: list[str], model_section: dict[str, Any] | None = None
+               ) -> tuple[str, ...]:
+    """Dotted model paths set by `--set` items and by a config file's `model:` mapping."""
+    keys = []
+    for item in overrides:
+        section, parts = _resolve_key(item.partition("=")[0].strip())
+        if section == "model":
+            keys.append(".".join(parts))
+
+    def walk(mapping: dict[str, Any], prefix: str) -> None:
+        for name, value in mapping.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            else:
+                keys.append(f"{prefix}{name}")
+
+    walk(model_section or {}, "")
+    return tuple(dict.fromkeys(keys))
+
+
 def apply_overrides(run: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `key=value` strings; values are parsed as YAML scalars or lists.
 
@@ -153,18 +201,7 @@ def apply_overrides(run: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        parts = key.split(".")
-        if parts[0] in ("model", "train") and len(parts) > 1:
-            section, parts = parts[0], parts[1:]
-        elif parts[0] in _TRAIN_FIELDS and len(parts) == 1:
-            section = "train"
-        elif parts[0] in _MODEL_FIELDS:
-            section = "model"
-        else:
-            raise ValueError(
-                f"--set {key}: unknown config key; use train.<field> (e.g. lr, batch_size, "
-                f"max_iters) or model.<path> (e.g. backbone.depth, roi_heads.score_thresh)"
-            )
+        section, parts = _resolve_key(key)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}

@@ -2,10 +2,11 @@
 
 `train(run, data, out_dir)` runs on one process, or on every process of a torchrun job
 (DistributedDataParallel; rank 0 logs and writes files). It writes RUN/config.yaml,
-RUN/metrics.jsonl, RUN/checkpoints/ckpt_<iter>.pt, RUN/eval/ (final validation) and
-RUN/model_final.pt. A resumed run (resume=True) restores model, optimizer, grad scaler,
-data position and every rank's RNG state from the newest usable checkpoint, so it follows
-the same loss curve as a run that was never interrupted.
+RUN/metrics.jsonl, RUN/curves.png (redrawn at each validation and at the end),
+RUN/checkpoints/ckpt_<iter>.pt, RUN/eval/ (final validation) and RUN/model_final.pt.
+A resumed run (resume=True) restores model, optimizer, grad scaler, data position and
+every rank's RNG state from the newest usable checkpoint, so it follows the same loss
+curve as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import config_to_dict
 from ..data.loader import build_loader
-from ..io.weights import load_state_dict_checked, save_model
-from ..modeling import build_model
+from ..io.pretrained import build_pretrained_model
+from ..io.weights import WeightsError, holds_whole_model, load_state_dict_checked, save_model
 from ..progress import Progress
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from .curves import CurvesWriter
+from .data_fit import DataFit, fit_to_data
 from .inference import evaluate_model
+from .init_weights import InitWeightsError, init_from_file
 from .run_log import MetricsWriter, ProgressPrinter, format_seconds
-from .solver import build_optimizer, lr_factor, set_lr
+from .solver import build_optimizer, describe_schedule, lr_factor, set_lr
 from .train_config import RunConfig, save_run_config
 from .train_data import load_eval_dataset, load_train_dataset, warn
 from .train_state import TrainState, Window, batch_to_device, format_val, resolve_limits
@@ -75,20 +79,10 @@ def train(run: RunConfig, data: DataPaths, out_dir: str, *, resume: bool = False
 def _pretrained_error(err: Exception, path: str) -> TrainingError:
     """One line for a backbone.pretrained file that does not fit the body."""
     hint = ""
-    if _holds_whole_model(path):
+    if holds_whole_model(path):
         hint = (" -- it holds a whole Mask R-CNN, not an ImageNet ResNet: use it as "
                 "--weights of predict / eval / export")
     return TrainingError(f"backbone.pretrained: {str(err).strip().splitlines()[0]}{hint}")
-
-
-def _holds_whole_model(path: str) -> bool:
-    try:
-        from ..io.weights import CHECKPOINT_FORMAT, is_torchvision_maskrcnn, read_weight_file
-
-        data = read_weight_file(path)
-    except Exception:  # unreadable: the caller reports the original error
-        return False
-    return data.get("format") == CHECKPOINT_FORMAT or is_torchvision_maskrcnn(data)
 
 
 class Trainer:
@@ -100,6 +94,7 @@ class Trainer:
         self.cfg = self.run_cfg.train
         self.out, self.device, self.data = out, device, data
         self._load_data()
+        self.data_fit = None if resume else self._fit_to_data()  # a resumed run is fitted
         self.state = TrainState()
         if not resume:  # builds it (and reads backbone.pretrained) before writing any file
             self._build_model(resume=False)
@@ -108,7 +103,13 @@ class Trainer:
             save_run_config(self.run_cfg, out / "config.yaml")
         self.printer = ProgressPrinter(self.main, self.cfg.log_period)
         self.writer = MetricsWriter(out, enabled=self.main)
+        self.curves = CurvesWriter(out, enabled=self.main)  # RUN/curves.png
         self.checkpoints = CheckpointManager(out / "checkpoints", self.cfg.keep_checkpoints)
+        if self.data_fit is not None:
+            for line in self.data_fit.lines():
+                self.printer.message(line)
+        if not resume:
+            self._print_init_report()
         if resume:
             self._build_model(resume=True)
         self._build_loader()
@@ -135,18 +136,31 @@ class Trainer:
             _, self.val_set = load_eval_dataset(data.val_json, data.val_images or "",
                                                 verbose=self.main)
 
+    def _fit_to_data(self) -> DataFit | None:
+        """Anchors and detections per image that fit the training set (engine/data_fit.py)."""
+        if not self.cfg.fit_to_data:
+            return None
+        entries = [self.train_coco.entries[i] for i in self.train_set.indices]
+        return fit_to_data(self.run_cfg.model, [e.boxes for e in entries],
+                           [(e.height, e.width) for e in entries],
+                           user_keys=self.cfg.user_model_keys,
+                           anchors=not self.cfg.init_weights)
+
     def _build_model(self, resume: bool) -> None:
         model_cfg = copy.deepcopy(self.run_cfg.model)
         if resume:
             model_cfg.backbone.pretrained = None  # the checkpoint holds the weights
         torch.manual_seed(self.cfg.seed)
         try:
-            self.model = build_model(model_cfg).to(self.device)
+            self.model = build_pretrained_model(model_cfg).to(self.device)
         except (OSError, ValueError) as err:
             if not model_cfg.backbone.pretrained:
                 raise
             raise _pretrained_error(err, model_cfg.backbone.pretrained) from None
         self.model.cfg.backbone.pretrained = None  # saved files must not need the file
+        self.init_report = None
+        if self.cfg.init_weights and not resume:
+            self._init_weights()
         self.optimizer = build_optimizer(self.model, self.cfg)
         amp_dtype = torch.bfloat16
         if self.cfg.amp_dtype == "float16" and self.device.type == "cuda":
@@ -165,14 +179,29 @@ class Trainer:
                 else None, find_unused_parameters=self.cfg.find_unused_parameters,
             )
 
+    def _init_weights(self) -> None:
+        """Fine-tuning: load what fits of cfg.init_weights (the report prints at the start)."""
+        try:
+            self.init_report = init_from_file(self.model, self.cfg.init_weights)
+        except (WeightsError, InitWeightsError) as err:
+            raise TrainingError(f"init_weights: {err}") from None
+
+    def _print_init_report(self) -> None:
+        for line in self.init_report.lines() if self.init_report else []:
+            self.printer.message(line)
+
     def _resume(self) -> None:
         found = None
         if self.main:
             found = self.checkpoints.load_latest(check=self._load_checkpoint)
         found = dist.broadcast_object(found)
         if found is None:
-            self.printer.message(f"no checkpoint in {self.checkpoints.directory}: "
-                                 "starting from scratch")
+            start = f"starting from {self.cfg.init_weights}" if self.cfg.init_weights else (
+                "starting from scratch")
+            self.printer.message(f"no checkpoint in {self.checkpoints.directory}: {start}")
+            if self.cfg.init_weights:
+                self._init_weights()
+                self._print_init_report()
             return
         path, data = found
         if not self.main:
@@ -293,6 +322,8 @@ class Trainer:
             f"{per_epoch} batches of {self.cfg.batch_size} per epoch and process; "
             f"stops after {' or '.join(limits)}; writing to {self.out}"
         )
+        self.printer.message(describe_schedule(self.cfg, by_time=bool(self.budget)
+                                               and not self.limit_iters))
         self.printer.message(self.writer.status)
         self.session_start = time.perf_counter()
         self.elapsed_before = self.state.elapsed
@@ -443,6 +474,8 @@ class Trainer:
                 write_results_json(results, self.out / "eval" / "predictions.json")
             record, line = format_val(self.state.iteration, metrics)
             self.writer.write(record)
+            if not final:  # the final one is drawn by _finish
+                self.curves.write()
             self.printer.message(line)
         self.metrics = metrics
 
@@ -456,6 +489,7 @@ class Trainer:
                 extra["metrics"] = {k: self.metrics[k] for k in ("bbox", "segm")
                                     if k in self.metrics}
             save_model(self.model, self.out / "model_final.pt", **extra)
+            self.curves.write()
             validation = (f" + {format_seconds(self.validation_seconds)} of validation"
                           if self.validation_seconds else "")
             self.printer.message(

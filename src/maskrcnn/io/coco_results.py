@@ -21,7 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from maskrcnn.structures import Detections
+from maskrcnn.structures import MASK_THRESHOLD, Detections, binarize_masks
 
 from .atomic import atomic_write
 
@@ -35,22 +35,19 @@ __all__ = [
     "write_results_json",
 ]
 
-MASK_THRESHOLD = 0.5  # soft masks: pixel is foreground when prob >= 0.5
 
 
 def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict[str, Any]]:
     """Compressed RLE of every mask of one image, encoded in one pycocotools call.
 
-    masks: [N, H, W] bool / uint8, or float in [0, 1] (thresholded at >= 0.5).
+    masks: [N, H, W] bool / uint8, or float in [0, 1] (foreground where > 0.5).
     Returns N dicts {"size": [H, W], "counts": str} (counts decoded for JSON).
     """
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu()
-        if masks.is_floating_point():
-            masks = masks >= MASK_THRESHOLD
-        masks = masks.numpy()
+        masks = binarize_masks(masks).numpy()
     elif np.issubdtype(masks.dtype, np.floating):
-        masks = masks >= MASK_THRESHOLD
+        masks = masks > MASK_THRESHOLD
     if masks.ndim != 3:
         raise ValueError(f"masks must be [N, H, W], got shape {tuple(masks.shape)}")
     if masks.shape[0] == 0:

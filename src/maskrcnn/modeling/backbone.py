@@ -1,22 +1,21 @@
-"""ResNet body + FPN backbone, frozen BatchNorm, BN folding and ImageNet weight loading.
+"""ResNet body + FPN backbone, frozen BatchNorm, BN folding.
 
 Key names match torchvision's ResNet (`conv1`, `bn1`, `layer1..layer4`, no `fc`), so a
 torchvision ImageNet checkpoint loads into `Backbone.body` as it is, and the body keys of
-torchvision's maskrcnn_resnet50_fpn (`backbone.body.*`) are ours unchanged.
+torchvision's maskrcnn_resnet50_fpn (`backbone.body.*`) are ours unchanged. ImageNet weights
+(`cfg.pretrained`) are read by maskrcnn.io.pretrained: this module does no I/O.
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from maskrcnn.config import BackboneConfig
-from maskrcnn.modeling.fpn import FPN
+from maskrcnn.modeling.fpn import FPN, ConvNorm
 
 BODY_NORMS = ("frozen_bn", "bn", "gn")
 _STAGES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -181,28 +180,36 @@ class Backbone(nn.Module):
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """Build the ResNet-FPN backbone of `cfg`; load ImageNet body weights if cfg.pretrained."""
-    body = ResNetBody(cfg.depth, cfg.norm, cfg.trainable_layers)
+    """Build the ResNet-FPN backbone of `cfg` with fresh weights (`cfg.pretrained` is not read
+    here: maskrcnn.io.pretrained.build_pretrained_model loads it)."""
+    body = ResNetBody(cfg.depth, cfg.norm, cfg.trainable_layers, cfg.stride_in_1x1)
     backbone = Backbone(body, FPN(body.out_channels_list, cfg.fpn_channels, cfg.fpn_norm))
-    if cfg.pretrained:
-        load_pretrained_body(backbone, cfg.pretrained)
     return backbone
+
+
+_FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
 
 @torch.no_grad()
 def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every FrozenBatchNorm2d that directly follows a Conv2d into that conv, in place.
+    """Fold every FrozenBatchNorm2d (and BatchNorm2d, with its running statistics: for
+    inference only) that directly follows a Conv2d into that conv, in place.
 
-    Pairs are siblings named `convK` / `bnK` (ResNet stems and blocks) and consecutive
-    (Conv2d, FrozenBatchNorm2d) children of an nn.Sequential (`downsample.0` / `.1`).
-    The conv gains a bias if it had none; the BN becomes nn.Identity. Returns `module`.
+    Pairs are siblings named `convK` / `bnK` (ResNet stems and blocks), consecutive
+    (Conv2d, BN) children of an nn.Sequential (`downsample.0` / `.1`), and the `norm` of a
+    ConvNorm (FPN and head convs). The conv gains a bias if it had none; the BN becomes
+    nn.Identity (a ConvNorm's norm None). Returns `module`.
     """
     for parent in list(module.modules()):
+        if isinstance(parent, ConvNorm) and isinstance(parent.norm, _FOLDABLE):
+            _fold_into_conv(parent, parent.norm)
+            parent.norm = None
+            continue
         children = dict(parent.named_children())
         names = list(children)
         for position, name in enumerate(names):
             bn = children[name]
-            if not isinstance(bn, FrozenBatchNorm2d):
+            if not isinstance(bn, _FOLDABLE):
                 continue
             if isinstance(parent, nn.Sequential):
                 conv = children[names[position - 1]] if position > 0 else None
@@ -214,9 +221,17 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
+def _scale_and_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """y = x * scale + shift of a frozen or (eval-mode) BatchNorm, in float64."""
+    if isinstance(bn, FrozenBatchNorm2d):
+        return tuple(t.double() for t in bn.scale_and_shift())
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, bn.bias.double() - bn.running_mean.double() * scale
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
     """conv.weight *= scale per output channel; conv.bias = bias * scale + shift (float64)."""
-    scale, shift = (t.double() for t in bn.scale_and_shift())
+    scale, shift = _scale_and_shift(bn)
     weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)  # [O] -> [O, 1, 1, 1]
     bias = shift if conv.bias is None else conv.bias.double() * scale + shift
     conv.weight.copy_(weight.to(conv.weight.dtype))
@@ -225,52 +240,3 @@ def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
                                  requires_grad=conv.weight.requires_grad)
     else:
         conv.bias.copy_(bias.to(conv.bias.dtype))
-
-
-def load_pretrained_body(backbone: Backbone, path_or_url: str) -> None:
-    """Load an ImageNet ResNet state_dict (torchvision layout; `fc.*` ignored) into the body.
-
-    `path_or_url`: a local file, or a URL fetched and cached by torch.hub.
-    Raises FileNotFoundError for a missing file and ValueError naming the file and the first
-    offending key when it is not a matching ResNet state_dict.
-    """
-    state = _read_checkpoint(path_or_url)
-    if isinstance(state, Mapping):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state.get(wrapper), Mapping):
-                state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"{path_or_url}: not a state_dict of tensors (got {type(state)})")
-    state = {k: v for k, v in state.items()
-             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    expected = {k: v for k, v in backbone.body.state_dict().items()
-                if not k.endswith("num_batches_tracked")}
-    for key, value in expected.items():
-        if key not in state:
-            raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
-                             f"missing key {key!r}")
-        if state[key].shape != value.shape:
-            raise ValueError(f"{path_or_url}: shape mismatch at {key!r}: file has "
-                             f"{tuple(state[key].shape)}, model has {tuple(value.shape)}")
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
-                         f"unexpected key {unexpected[0]!r}")
-    backbone.body.load_state_dict(state, strict=False)
-
-
-def _read_checkpoint(path_or_url: str) -> object:
-    """torch.load a local file, or fetch a URL through torch.hub's cache (CPU, weights only)."""
-    if "://" in path_or_url:
-        kwargs: dict[str, object] = {"map_location": "cpu"}
-        if "weights_only" in inspect.signature(torch.hub.load_state_dict_from_url).parameters:
-            kwargs["weights_only"] = True
-        return torch.hub.load_state_dict_from_url(path_or_url, **kwargs)
-    if not os.path.isfile(path_or_url):
-        raise FileNotFoundError(f"pretrained weights not found: {path_or_url}")
-    try:
-        return torch.load(path_or_url, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{path_or_url}: cannot read as a PyTorch checkpoint: {err}") from err

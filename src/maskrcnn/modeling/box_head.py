@@ -1,4 +1,5 @@
-"""Box branch: two fully connected layers, class scores and class-specific box deltas."""
+"""Box branch: a few convs and fully connected layers, class scores and class-specific box
+deltas."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from torch import Tensor, nn
 from ..ops.box_coder import BoxCoder
 from ..ops.boxes import batched_nms, clip_boxes, remove_small_boxes
 from ..structures import Detections
+from .fpn import CONV_NORMS, conv_norm
 from .losses import box_regression_loss, full_precision
 
 
 class BoxHead(nn.Module):
-    """fc(1024) - ReLU - fc(1024) - ReLU, then K class logits and K*4 box deltas."""
+    """`num_convs` 3x3 convs (+ norm) + ReLU, flatten, `num_fcs` fc + ReLU, then K class
+    logits and K*4 box deltas.
+
+    The defaults are the paper's and torchvision v1's "2fc" head: fc(1024) - ReLU -
+    fc(1024) - ReLU. torchvision v2 (FastRCNNConvFCHead) has 4 convs of 256 with BatchNorm
+    and one fc. Keys: `convs.{i}` (`convs.{i}.norm` with a norm), `fc1`, `fc2`, ...
+    """
 
     def __init__(
         self,
@@ -25,12 +33,34 @@ class BoxHead(nn.Module):
         num_classes: int,
         box_coder: BoxCoder,
         smooth_l1_beta: float,
+        *,
+        num_convs: int = 0,
+        conv_channels: int = 256,
+        norm: str = "none",
+        num_fcs: int = 2,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * resolution * resolution, representation_size)
-        self.fc2 = nn.Linear(representation_size, representation_size)
-        self.cls_score = nn.Linear(representation_size, num_classes)
-        self.bbox_pred = nn.Linear(representation_size, num_classes * 4)
+        if num_convs < 0 or num_fcs < 0:
+            raise ValueError(f"box head layer counts must be >= 0, got {num_convs} convs and "
+                             f"{num_fcs} fcs")
+        if norm not in CONV_NORMS:  # also without convs: a config error, not silence
+            raise ValueError(f"unknown box head norm {norm!r}; choose one of {CONV_NORMS}")
+        self.convs = nn.ModuleList(
+            conv_norm(in_channels if i == 0 else conv_channels, conv_channels, 3, norm,
+                      what="box head")
+            for i in range(num_convs)
+        )
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.constant_(conv.bias, 0)
+        features = (conv_channels if num_convs else in_channels) * resolution * resolution
+        self.num_fcs = num_fcs
+        for index in range(num_fcs):
+            self.add_module(f"fc{index + 1}", nn.Linear(features, representation_size))
+            features = representation_size
+        self.cls_score = nn.Linear(features, num_classes)
+        self.bbox_pred = nn.Linear(features, num_classes * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         for layer in (self.cls_score, self.bbox_pred):
@@ -41,8 +71,12 @@ class BoxHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """[R, C, S, S] pooled features -> class logits [R, K], box deltas [R, K*4]."""
-        x = F.relu(self.fc1(pooled.flatten(1)))
-        x = F.relu(self.fc2(x))
+        x = pooled
+        for conv in self.convs:
+            x = F.relu(conv(x))  # [R, C', S, S]
+        x = x.flatten(1)  # [R, C' * S * S]
+        for index in range(self.num_fcs):
+            x = F.relu(getattr(self, f"fc{index + 1}")(x))
         return self.cls_score(x), self.bbox_pred(x)
 
     def losses(

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FPN_NORMS = ("none", "gn")
+CONV_NORMS = ("none", "bn", "gn")  # norms after a conv, shared by the FPN and the heads
+FPN_NORMS = CONV_NORMS
 
 
 class ConvNorm(nn.Conv2d):
@@ -32,17 +33,25 @@ class ConvNorm(nn.Conv2d):
         return x
 
 
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, norm: str,
+              what: str = "conv") -> ConvNorm:
+    """A ConvNorm with `padding = kernel_size // 2`: with a bias and no norm for "none",
+    without a bias and followed by BatchNorm2d ("bn") or GroupNorm(32) ("gn") otherwise.
+    Weights are left to the caller's initialisation; `what` names the layer in errors."""
+    if norm not in CONV_NORMS:
+        raise ValueError(f"unknown {what} norm {norm!r}; choose one of {CONV_NORMS}")
+    layer = None
+    if norm == "bn":
+        layer = nn.BatchNorm2d(out_channels)
+    elif norm == "gn":
+        layer = nn.GroupNorm(32, out_channels)
+    return ConvNorm(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                    bias=layer is None, norm=layer)
+
+
 def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> ConvNorm:
-    """Conv with kaiming_uniform_(a=1) weights and zero bias; GroupNorm(32) and no bias if gn."""
-    use_gn = norm == "gn"
-    conv = ConvNorm(
-        in_channels,
-        out_channels,
-        kernel_size,
-        padding=kernel_size // 2,
-        bias=not use_gn,
-        norm=nn.GroupNorm(32, out_channels) if use_gn else None,
-    )
+    """FPN conv: kaiming_uniform_(a=1) weights and zero bias (no bias with a norm)."""
+    conv = conv_norm(in_channels, out_channels, kernel_size, norm, what="FPN")
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
         nn.init.constant_(conv.bias, 0.0)
@@ -55,7 +64,8 @@ class FPN(nn.Module):
     Args:
         in_channels_list: channels of C2..C5 (finest first).
         out_channels: channels of every output level.
-        norm: "none" (convs with bias) or "gn" (GroupNorm(32) after each conv, no bias).
+        norm: "none" (convs with bias), "bn" (BatchNorm2d after each conv, no bias; torchvision
+            v2) or "gn" (GroupNorm(32) after each conv, no bias).
     """
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int,

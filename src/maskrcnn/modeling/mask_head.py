@@ -9,11 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.roi_align_masks import roi_align_masks
+from .fpn import CONV_NORMS, conv_norm
 from .losses import full_precision
 
 
 class MaskHead(nn.Module):
-    """`num_convs` 3x3 convs + ReLU, a 2x deconv + ReLU, and a 1x1 conv to K mask logits.
+    """`num_convs` 3x3 convs (+ norm) + ReLU, a 2x deconv + ReLU, and a 1x1 conv to K mask
+    logits.
+
+    norm after each conv: "none" (convs with bias; the paper, torchvision v1), "bn"
+    (BatchNorm2d, no bias; torchvision v2) or "gn" (GroupNorm(32), no bias); its parameters
+    are under `convs.{i}.norm.`.
 
     mask_loss "sigmoid" is the paper's per-pixel sigmoid on the ground-truth class's mask
     only; "softmax" is the paper's ablation (a per-pixel softmax across classes).
@@ -28,21 +34,25 @@ class MaskHead(nn.Module):
         num_classes: int,
         class_agnostic: bool = False,
         mask_loss: str = "sigmoid",
+        norm: str = "none",
     ) -> None:
         super().__init__()
         if mask_loss not in ("sigmoid", "softmax"):
             raise ValueError(f"mask_loss must be 'sigmoid' or 'softmax', got {mask_loss!r}")
         if class_agnostic and mask_loss == "softmax":
             raise ValueError("a class-agnostic mask cannot use a softmax across classes")
+        if norm not in CONV_NORMS:  # also without convs: a config error, not silence
+            raise ValueError(f"unknown mask head norm {norm!r}; choose one of {CONV_NORMS}")
         self.convs = nn.ModuleList(
-            nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
+            conv_norm(in_channels if i == 0 else channels, channels, 3, norm, what="mask head")
             for i in range(num_convs)
         )
         self.deconv = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
         self.predictor = nn.Conv2d(channels, 1 if class_agnostic else num_classes, 1)
         for layer in [*self.convs, self.deconv, self.predictor]:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(layer.bias, 0)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, 0)
         self.class_agnostic = class_agnostic
         self.mask_loss = mask_loss
 
@@ -99,6 +109,9 @@ def mask_targets(
     for gt_masks, proposals, matched_idxs in zip(
         gt_masks_per_image, proposals_per_image, matched_idxs_per_image
     ):
+        if proposals.shape[0] == 0:  # no positives (or no masks) in this image
+            targets.append(proposals.new_zeros(0, resolution, resolution))
+            continue
         rois = torch.cat([matched_idxs[:, None].to(proposals), proposals], dim=1)  # [P_i, 5]
         targets.append(roi_align_masks(gt_masks, rois, resolution, 0, aligned))  # [P_i, M, M]
     targets = torch.cat(targets)

@@ -54,6 +54,10 @@ class RoIHeads(nn.Module):
             cfg.num_classes,
             self.box_coder,
             cfg.smooth_l1_beta,
+            num_convs=cfg.box_head_convs,
+            conv_channels=cfg.box_head_conv_channels,
+            norm=cfg.box_head_norm,
+            num_fcs=cfg.box_head_fcs,
         )
         self.mask_head = MaskHead(
             in_channels,
@@ -62,6 +66,7 @@ class RoIHeads(nn.Module):
             cfg.num_classes,
             class_agnostic=cfg.class_agnostic_mask,
             mask_loss=cfg.mask_loss,
+            norm=cfg.mask_head_norm,
         )
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh)
         self.sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
@@ -106,21 +111,24 @@ class RoIHeads(nn.Module):
         losses = self.box_head.losses(
             class_logits, box_deltas, labels, torch.cat(sampled.target_deltas)
         )
-        if any(t.masks is None for t in targets):
+        if all(t.masks is None for t in targets):  # box-only training
             return losses
-        positive = [torch.where(labels_i > 0)[0] for labels_i in sampled.labels]
+        # Positives of the images that have masks (an image without them adds no mask loss).
+        positive = [torch.where(labels_i > 0)[0] if t.masks is not None
+                    else labels_i.new_zeros(0) for labels_i, t in zip(sampled.labels, targets)]
         positive_proposals = [p[k] for p, k in zip(sampled.proposals, positive)]
         positive_matched = [m[k] for m, k in zip(sampled.matched_idxs, positive)]
         mask_logits = self.mask_head(self.mask_pooler(features, positive_proposals))
         targets_masks = mask_targets(
-            [t.masks for t in targets],
+            [t.masks if t.masks is not None else t.boxes.new_zeros(0, 1, 1) for t in targets],
             positive_proposals,
             positive_matched,
             mask_logits.shape[-1],
             aligned=self.cfg.aligned,
             binarize=self.cfg.binarize_mask_targets,
         )
-        losses.update(self.mask_head.losses(mask_logits, targets_masks, labels[labels > 0]))
+        positive_labels = torch.cat([lab[k] for lab, k in zip(sampled.labels, positive)])
+        losses.update(self.mask_head.losses(mask_logits, targets_masks, positive_labels))
         return losses
 
     def inference(

@@ -18,14 +18,22 @@ from .losses import box_regression_loss, full_precision
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU shared by all levels, then 1x1 convs for A logits and 4A deltas."""
+    """`num_convs` 3x3 convs + ReLU shared by all levels, then 1x1 convs for A logits and 4A
+    deltas. The first conv is `conv` (the key of torchvision's v1 head), the others (one in
+    torchvision's v2 head) `extra_convs.{i}`."""
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 1) -> None:
         super().__init__()
+        if num_convs < 1:
+            raise ValueError(f"the RPN head needs at least one conv, got head_convs={num_convs}")
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+            for _ in range(num_convs - 1)
+        )
         self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
-        for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
+        for layer in (self.conv, *self.extra_convs, self.objectness_logits, self.anchor_deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0)
 
@@ -33,6 +41,8 @@ class RPNHead(nn.Module):
         """One level [B, C, H, W] -> logits [B, HWA] and deltas [B, HWA, 4] in (y, x, anchor)
         order."""
         hidden = F.relu(self.conv(feature))
+        for conv in self.extra_convs:
+            hidden = F.relu(conv(hidden))
         logits = self.objectness_logits(hidden)  # [B, A, H, W]
         deltas = self.anchor_deltas(hidden)  # [B, A*4, H, W]
         batch, num_anchors, height, width = logits.shape
@@ -64,7 +74,8 @@ class RPN(nn.Module):
             round_cell_anchors=anchor_cfg.round_cell_anchors,
             strides_from_grid=anchor_cfg.strides_from_grid,
         )
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location,
+                            cfg.head_convs)
         self.box_coder = BoxCoder(cfg.box_coder_weights)
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)

@@ -1,5 +1,8 @@
-"""Class names of torchvision's COCO detection models: index = label (91 entries,
-0 = background, "N/A" where COCO has no category id)."""
+"""COCO class names, known to both the weight readers (torchvision and detectron2 files
+hold COCO models) and anything that shows labels. Not a dataset: no file is read.
+
+torchvision's 91 labels: index = label = COCO category id (0 = background, "N/A" where
+COCO has no category id)."""
 
 TORCHVISION_COCO_NAMES = (
     "background",
@@ -94,3 +97,10 @@ TORCHVISION_COCO_NAMES = (
     "hair drier",
     "toothbrush",
 )
+
+
+def coco_80_classes() -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The 80 COCO categories in contiguous order (detectron2's): (names, category ids)."""
+    pairs = [(name, cat_id) for cat_id, name in enumerate(TORCHVISION_COCO_NAMES)
+             if cat_id > 0 and name != "N/A"]
+    return tuple(n for n, _ in pairs), tuple(i for _, i in pairs)

@@ -7,8 +7,9 @@ Looks at the objects at the size the network sees them (after the resize of
   a quarter of its level's stride off the object's centre, overlaps it with IoU >= 0.5
   (the default s = 32 is kept unless a smaller one covers 3 % more of the objects; of
   bases within 2 % of the best, the largest);
-- detections per image: above the most objects any training image holds (x 1.25), and the
-  proposals kept after NMS (test and training) at least 3x / 2x that.
+- detections per image: when the most objects any training image holds, x 1.25, exceed
+  them, that rounded up to 50, and the proposals kept after NMS (test and training) at
+  least 3x / 2x that.
 What was chosen, and why, is one or two printed lines; the config (RUN/config.yaml) holds
 the result, and `--set` of a setting keeps the user's value.
 """
@@ -137,7 +138,7 @@ def fit_to_data(cfg: ModelConfig, boxes_per_image: Sequence[np.ndarray],
             wanted[ANCHOR_KEY] = tuple(best * 2 ** level for level in range(5))
     need = math.ceil(fit.max_per_image * DETECTION_HEADROOM / 50) * 50
     heads, rpn = cfg.roi_heads, cfg.rpn
-    if need > heads.detections_per_image:
+    if fit.max_per_image * DETECTION_HEADROOM > heads.detections_per_image:
         wanted["roi_heads.detections_per_image"] = need
         test_post = max(rpn.post_nms_top_n_test, 3 * need)
         train_post = max(rpn.post_nms_top_n_train, 2 * need)

@@ -69,6 +69,7 @@ def demo_run_config(image_size: int, minutes: float, iters: int = DEMO_ITERS,
         min_lr_factor=0.02, clip_grad_norm=10.0, max_iters=iters, minutes=minutes,
         log_period=20, checkpoint_period=0, checkpoint_minutes=0.0, keep_checkpoints=1,
         device=device,  # a demo starts afresh: one checkpoint at the end is enough
+        fit_to_data=False,  # demo_model_config already fits the shapes
     )
     return RunConfig(model=demo_model_config(image_size), train=train)
 

@@ -76,6 +76,13 @@ class RoIHeadsConfig:
     mask_pooler_resolution: int = 14
     sampling_ratio: int = 2  # <= 0: adaptive, ceil(roi_size / output_size)
     aligned: bool = False  # RoIAlign half-pixel offset (detectron2: True)
+    # RoI features (paper Table 2c/2d; modeling/poolers.py): "roi_align" (the paper),
+    # "roi_align_max", "roi_warp" / "roi_warp_max" (RoIPool's quantised RoI, bilinearly
+    # sampled: ops/roi_warp.py) or "roi_pool"; the box and the mask branch both use it
+    pooler: str = "roi_align"
+    # mask targets cropped over "box" (the RoI: the paper) or "pooler" (the region the pooler
+    # reads: the quantised RoI for roi_pool / roi_warp; see modeling/mask_head.mask_targets)
+    mask_target_region: str = "box"
     canonical_box_size: int = 224
     canonical_level: int = 4
     fg_iou_thresh: float = 0.5

@@ -176,17 +176,19 @@ def test_corrupted_last_checkpoint_resumes_from_the_previous(shapes, reference, 
 def test_interrupt_saves_then_resume_reproduces_the_losses(shapes, reference, tmp_path,
                                                             signum):
     """Ctrl-C / SIGTERM before the first periodic checkpoint (period 100 here) loses
-    nothing: the last finished iteration is saved, and resuming gives the same losses."""
+    nothing: the last finished iteration is saved, and resuming gives the same losses.
+    The signal goes to the whole process group, data workers included, as a terminal's
+    Ctrl-C, `docker stop` or a batch scheduler send it."""
     out = tmp_path / "run"
     cmd = [*_train_cmd(shapes, out), "checkpoint_period=100"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline and not (
             metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.02)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, stderr
     saved = sorted((out / "checkpoints").glob("ckpt_*.pt"))

@@ -160,8 +160,11 @@ def build_loader(
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """Workers leave Ctrl-C to the main process (it sends SIGINT to the whole group), which
-    finishes its step and saves a checkpoint; a worker dying on it would break that."""
+    """Workers leave Ctrl-C and SIGTERM to the main process (a terminal, `kill -- -PGID`,
+    docker and batch schedulers signal the whole group), which finishes its step and saves
+    a checkpoint; a worker dying on them would break that. Workers still end with the main
+    process (torch's loader stops them, and they exit when their parent is gone)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

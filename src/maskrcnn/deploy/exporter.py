@@ -37,9 +37,13 @@ def check_exportable(model: MaskRCNN, opset: int) -> None:
     sizes = (model.cfg.input.min_size_test, model.cfg.input.max_size)
     if max(sizes) >= 2**13:
         raise ExportError(f"test sizes {sizes}: the exported resize takes sizes below 8192")
-    if getattr(model.roi_heads.box_pooler, "reduction", "avg") != "avg":
-        raise ExportError("max RoIAlign cannot be exported: ONNX Runtime's and OpenVINO's "
-                          "max mode do not compute a max of the bilinear samples")
+    for pooler in (model.roi_heads.box_pooler, model.roi_heads.mask_pooler):
+        if getattr(pooler, "method", "roi_align") != "roi_align":
+            raise ExportError(f"the {pooler.pooler} pooler cannot be exported: the exported "
+                              "graph pools with RoIAlign only (roi_heads.pooler: roi_align)")
+        if getattr(pooler, "reduction", "avg") != "avg":
+            raise ExportError("max RoIAlign cannot be exported: ONNX Runtime's and OpenVINO's "
+                              "max mode do not compute a max of the bilinear samples")
 
 
 def build_onnx(model: MaskRCNN, opset: int = DEFAULT_OPSET, mask_output: str = "pasted",

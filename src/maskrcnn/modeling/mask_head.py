@@ -22,8 +22,12 @@ class MaskHead(nn.Module):
     are under `convs.{i}.norm.`.
 
     mask_loss "sigmoid" is the paper's per-pixel sigmoid on the ground-truth class's mask
-    only; "softmax" is the paper's ablation (a per-pixel softmax across classes).
-    class_agnostic predicts a single mask for every class (another ablation).
+    only; "softmax" is the paper's Table 2b ablation, a multinomial loss that couples masks
+    and classes: at every pixel a softmax over all K channels (background slot 0 included),
+    cross-entropy against the RoI's class where the target is on (>= 0.5) and against
+    background elsewhere; at inference the softmax probability of the predicted class.
+    class_agnostic (Table 2a) predicts one mask channel, used for every class in the loss
+    and at inference.
     """
 
     def __init__(
@@ -104,6 +108,20 @@ def mask_targets(
     """Crop each positive RoI's ground-truth mask with RoIAlign: [P, M, M] float.
 
     gt_masks_per_image: [G_i, H, W]; proposals: [P_i, 4]; matched_idxs: [P_i] into G_i.
+
+    The crop is always an average RoIAlign of the full-resolution mask (adaptive sampling,
+    spatial scale 1), whatever `roi_heads.pooler` is; the pooler changes the features the
+    mask is predicted from, and, with `roi_heads.mask_target_region: pooler`, the boxes given
+    here (RoIHeads.mask_target_boxes). Our reading of "RoIPool (or RoIWarp) mask targets":
+    - "box" (default, the paper's Sec. 3 "the mask target is the intersection between an RoI
+      and its ground-truth mask", as the paper's Detectron code crops them for any pooler):
+      the RoI itself, so the quantising poolers' misalignment is between features and targets.
+    - "pooler": the region the pooler actually reads, RoIPool's quantised RoI on the RoI's
+      FPN level mapped back to input pixels, (x1q, y1q, x1q + w, y1q + h) / scale
+      (ops/roi_warp.quantized_extent); features and targets then agree and the misalignment
+      moves to pasting (masks are pasted into the unquantised box). RoIAlign reads the box.
+    The targets are never max-reduced (roi_align_max, roi_warp_max, roi_pool): a max over a
+    bin of a binary mask would dilate it.
     """
     targets = []
     for gt_masks, proposals, matched_idxs in zip(

@@ -16,7 +16,7 @@ from ..ops.sampler import BalancedSampler
 from ..structures import Detections, Targets
 from .box_head import BoxHead
 from .mask_head import MaskHead, mask_targets
-from .poolers import MultiLevelRoIAlign
+from .poolers import MultiLevelRoIPooler
 
 
 @dataclass
@@ -43,9 +43,13 @@ class RoIHeads(nn.Module):
             aligned=cfg.aligned,
             canonical_box_size=cfg.canonical_box_size,
             canonical_level=cfg.canonical_level,
+            pooler=cfg.pooler,
         )
-        self.box_pooler = MultiLevelRoIAlign(cfg.box_pooler_resolution, **pooler_args)
-        self.mask_pooler = MultiLevelRoIAlign(cfg.mask_pooler_resolution, **pooler_args)
+        self.box_pooler = MultiLevelRoIPooler(cfg.box_pooler_resolution, **pooler_args)
+        self.mask_pooler = MultiLevelRoIPooler(cfg.mask_pooler_resolution, **pooler_args)
+        if cfg.mask_target_region not in ("box", "pooler"):
+            raise ValueError(f"roi_heads.mask_target_region must be 'box' or 'pooler', got "
+                             f"{cfg.mask_target_region!r}")
         self.box_coder = BoxCoder(cfg.box_coder_weights)
         self.box_head = BoxHead(
             in_channels,
@@ -121,7 +125,7 @@ class RoIHeads(nn.Module):
         mask_logits = self.mask_head(self.mask_pooler(features, positive_proposals))
         targets_masks = mask_targets(
             [t.masks if t.masks is not None else t.boxes.new_zeros(0, 1, 1) for t in targets],
-            positive_proposals,
+            self.mask_target_boxes(positive_proposals),
             positive_matched,
             mask_logits.shape[-1],
             aligned=self.cfg.aligned,
@@ -130,6 +134,14 @@ class RoIHeads(nn.Module):
         positive_labels = torch.cat([lab[k] for lab, k in zip(sampled.labels, positive)])
         losses.update(self.mask_head.losses(mask_logits, targets_masks, positive_labels))
         return losses
+
+    def mask_target_boxes(self, proposals: Sequence[Tensor]) -> list[Tensor]:
+        """The boxes the mask targets are cropped over, per image [P_i, 4]: the RoIs
+        ("box", the paper's "intersection between an RoI and its ground-truth mask") or the
+        regions the mask pooler reads ("pooler"; the same boxes for RoIAlign)."""
+        if self.cfg.mask_target_region == "pooler":
+            return self.mask_pooler.sampled_regions(proposals)
+        return list(proposals)
 
     def inference(
         self,

@@ -10,6 +10,7 @@ from .mask_paste import paste_masks
 from .roi_align import roi_align
 from .roi_align_masks import roi_align_masks
 from .roi_pool import roi_pool
+from .roi_warp import roi_warp
 
 __all__ = [
     "BoxCoder",
@@ -22,4 +23,5 @@ __all__ = [
     "roi_align",
     "roi_align_masks",
     "roi_pool",
+    "roi_warp",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 from .roi_align import boxes_to_rois
 from .roi_weights import block_ranges, pair, repeat_index
 
-__all__ = ["roi_pool"]
+__all__ = ["roi_pool", "roi_pool_levels"]
 
 _CHUNK = 1 << 24  # elements of the largest intermediate (gathered windows, pass-1 maxima)
 
@@ -135,3 +135,33 @@ def roi_pool(
     out = torch.gather(rows_grad, 0, arg.clamp(min=0))  # [K*oh*ow, C]
     out = torch.where(arg >= 0, out, 0.0)
     return out.view(-1, oh, ow, c).permute(0, 3, 1, 2).contiguous()  # [K, C, oh, ow]
+
+
+def roi_pool_levels(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int | tuple[int, int],
+    scales: list[float],
+) -> Tensor:
+    """RoIPool of each RoI on its own feature level (FPN): one roi_pool per level read.
+
+    features: L tensors [N, C, H_l, W_l]; rois: [K, 5] (batch index, xyxy) in input pixels;
+    levels: [K] int64 in [0, L); scales: L spatial scales. Returns [K, C, oh, ow] in the
+    order of rois, in the features' dtype (float types other than float32/float64 pool in
+    float32, so that bin edges are not computed in a low precision).
+    """
+    if len(features) != len(scales) or any(f.dim() != 4 for f in features):
+        raise ValueError("need one spatial scale per [N, C, H, W] feature level")
+    (oh, ow), dtype = pair(output_size), features[0].dtype
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    rois = rois.to(device=features[0].device, dtype=work)
+    levels = levels.to(device=rois.device, dtype=torch.int64)
+    k, c = rois.shape[0], features[0].shape[1]
+    out = rois.new_zeros((k, c, oh, ow))
+    read = torch.unique(levels).tolist() or [0]  # no RoIs: still an (empty) graph node
+    for level in read:
+        idx = (levels == level).nonzero().squeeze(1)
+        pooled = roi_pool(features[level].to(work), rois[idx], (oh, ow), scales[level])
+        out = out.index_copy(0, idx, pooled)
+    return out.to(dtype)

@@ -14,13 +14,13 @@ Everything comes from files inside the scikit-image wheel; nothing is downloaded
              blue nuclei of the connective tissue between the glands; nuclei inside the
              brown-stained glands are not annotated
 
-Writes OUT/images/*.jpg (18 crops of 140-340 px), OUT/train.json (14 images), OUT/val.json
-(4 images): COCO instances, one polygon per object. Validation crops come from parts of each
-photo that no training crop touches (one coin is cut in half by that line). An object cut by
-a crop's border is an instance when at least 40 % of it is inside, otherwise it joins the
-image's crowd region (`iscrowd: 1`, RLE; ignored in training and evaluation), as do the
-faint sources of the deep field below the galaxy size limit. `--check` also draws every
-image with its annotations to OUT/check/*.png.
+Writes OUT/images/*.jpg (18 crops, sides of 132-340 px), OUT/train.json (14 images),
+OUT/val.json (4 images): COCO instances, one polygon per object. Validation crops come from
+parts of each photo that no training crop covers (objects on the dividing line, e.g. one
+coin, are cut there). An object cut by a crop's border is an instance when at least 40 % of
+it is inside, otherwise it joins the image's crowd region (`iscrowd: 1`, RLE; ignored in
+training and evaluation), as do the faint sources of the deep field below the galaxy size
+limit. `--check` also draws every image with its annotations to OUT/check/*.png.
 """
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def coins() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def hubble() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Brightest channel smoothed (sigma 1) above 50 of 255; sources of 30 px or more are
-    galaxies (the few stars among them included), smaller ones go to the crowd region."""
+    galaxies (the few stars among them included), smaller ones go to the crowd region;
+    holes filled."""
     img = data.hubble_deep_field()
     bright = filters.gaussian(img.max(-1).astype(float), 1.0, preserve_range=True) > 50
+    bright = ndi.binary_fill_holes(bright)
     labels, _ = ndi.label(bright)
     areas = np.bincount(labels.ravel())
     big = (areas >= 30)[labels] & (labels > 0)
@@ -110,7 +112,8 @@ def ihc() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of a binary mask as COCO polygons (x, y in pixel-edge coordinates)."""
+    """Contours of a binary mask (no holes here) as COCO polygons: x, y in pixel-edge
+    coordinates, one polygon per connected piece (a crop can cut an object in two)."""
     padded = np.pad(mask, 1).astype(float)
     out = []
     for contour in measure.find_contours(padded, 0.5):
@@ -119,7 +122,7 @@ def polygons(mask: np.ndarray) -> list[list[float]]:
             continue
         ys, xs = contour[:-1, 0] - 1 + 0.5, contour[:-1, 1] - 1 + 0.5
         area = 0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1)))
-        if area >= 4:  # holes are filled; find_contours also returns them: keep outers only
+        if area >= 4:  # slivers left by the crop
             out.append([round(float(v), 2) for xy in zip(xs, ys) for v in xy])
     return out
 

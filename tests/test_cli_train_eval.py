@@ -282,3 +282,21 @@ def test_demo_uses_bfloat16_only_where_native(monkeypatch, capsys):
         monkeypatch.setattr(demo, "native_bfloat16", lambda device="auto", n=native: n)
         assert demo.demo_run_config(64, 1.0, device="cpu").train.amp is native
     assert isinstance(demo.native_bfloat16("cpu"), bool)
+
+
+def test_train_flags_amp_and_the_settings_the_user_gave(tmp_path, monkeypatch):
+    from maskrcnn import cli
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  anchors: {sizes: [16, 32, 64, 128, 256]}\n")
+    base = ["train", "--train-json", "t.json", "--train-images", "imgs", "--out",
+            str(tmp_path / "run"), "--config", str(path), "--iters", "5"]
+    args = cli.build_parser().parse_args([*base, "--amp", "on", "--set", "rpn.nms_thresh=0.6",
+                                          "lr=0.1"])
+    run = cli._run_config(args)
+    assert run.train.amp is True and run.train.lr == 0.1
+    assert set(run.train.user_model_keys) == {"rpn.nms_thresh", "anchors.sizes"}
+    monkeypatch.setattr("maskrcnn.engine.demo.native_bfloat16", lambda device: False)
+    assert cli._run_config(cli.build_parser().parse_args([*base, "--amp", "auto"])).train.amp \
+        is False
+    assert cli._run_config(cli.build_parser().parse_args(base)).train.amp is False

@@ -106,6 +106,10 @@ def _run_config(args: argparse.Namespace):
                           ("seed", "seed")):
             if getattr(args, flag) is not None:
                 setattr(train, key, getattr(args, flag))
+        if args.amp is not None:
+            from .engine.demo import native_bfloat16
+
+            train.amp = native_bfloat16(train.device) if args.amp == "auto" else args.amp == "on"
         apply_overrides(run, args.set or [])
         if not (args.resume and saved.is_file()):
             user_section = _model_section(args.config) if args.config else {}
@@ -300,6 +304,9 @@ def _add_train_parser(commands) -> None:
     p.add_argument("--eval-period", type=int, help="iterations between validations")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", choices=["auto", "on", "off"],
+                   help="bfloat16 autocast (default off, or the config's amp); auto: where "
+                        "the hardware has bfloat16 arithmetic, as `make demo` does")
     p.set_defaults(func=cmd_train)
 
 

@@ -26,3 +26,15 @@ def test_package_attributes_load_on_use():
     assert set(maskrcnn.__all__) <= set(dir(maskrcnn))
     with pytest.raises(AttributeError):
         maskrcnn.no_such_thing  # noqa: B018
+
+
+def test_train_help_lists_every_preset(capsys):
+    from maskrcnn.cli import main
+    from maskrcnn.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert {"paper_r50_c4", "paper_r101_c4", "paper_r50_fpn", "paper_r101_fpn",
+            "paper_x101_fpn"} <= set(PRESETS)
+    assert all(name in text for name in PRESETS)

@@ -39,11 +39,17 @@ class BackboneConfig:
     pretrained: str | None = None  # local path or URL of ImageNet weights for the body
     # MSRA / detectron2 bottlenecks subsample in their first 1x1 conv, torchvision's in the 3x3
     stride_in_1x1: bool = False
+    # the paper's Table 2 variants: "fpn" (ResNet-FPN, P2..P6), "c4" (RPN and RoIs on C4,
+    # res5 per RoI in the RoI heads) or "c5" (RPN and RoIs on C5, no FPN)
+    kind: str = "fpn"
+    groups: int = 1  # bottleneck 3x3 conv groups (ResNeXt-101 32x8d: 32)
+    width_per_group: int = 64  # bottleneck width per group (ResNeXt-101 32x8d: 8)
 
 
 @dataclass
 class AnchorConfig:
-    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per FPN level P2..P6
+    # one per FPN level P2..P6; all of them on the one level of backbone.kind c4 / c5
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
     round_cell_anchors: bool = True  # torchvision rounds the base anchors; detectron2 does not
     # torchvision takes each level's stride as padded_size // grid_size (61 for P6 of an 800 px
@@ -102,6 +108,11 @@ class RoIHeadsConfig:
     mask_head_channels: int = 256
     mask_head_convs: int = 4
     mask_head_norm: str = "none"  # after each mask head conv: "none" (bias), "bn" or "gn"
+    # mask head (paper Table 2e; modeling/mask_head.py): "fcn" (the paper: the convs above,
+    # a deconv, a 1x1 conv), or the ablation's MLPs on the flattened mask RoI features:
+    # "mlp" (two hidden fcs, then an fc to K x 28 x 28 logits) or "mlp3" (three hidden fcs)
+    mask_head: str = "fcn"
+    mask_head_fc_dim: int = 1024  # hidden fc width of mlp / mlp3 (the paper's 1024)
     class_agnostic_mask: bool = False  # paper ablation: one mask for all classes
     mask_loss: str = "sigmoid"  # "sigmoid" (paper) or "softmax" (ablation: across classes)
     score_thresh: float = 0.05
@@ -124,6 +135,7 @@ class ModelConfig:
 
 def preset(name: str) -> ModelConfig:
     """Return a fresh config for a named preset (see `PRESETS`)."""
+    name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
@@ -149,10 +161,27 @@ def _torchvision_r50_fpn_v2() -> ModelConfig:
     return cfg
 
 
-def _r50_fpn() -> ModelConfig:
-    """The paper's R50-FPN: 1000 proposals per image in training and test (Sec. 3.1)."""
+def _paper_fpn(depth: int = 50, groups: int = 1, width_per_group: int = 64) -> ModelConfig:
+    """The paper's FPN models (Sec. 3.1): 800 px images, 512 RoIs per image at 1:3
+    positive:negative, 1000 proposals per image in training and test, RoIAlign without the
+    half-pixel offset (Detectron's, sampling 2), 80 COCO classes + background."""
     cfg = ModelConfig()
+    cfg.backbone.depth = depth
+    cfg.backbone.groups, cfg.backbone.width_per_group = groups, width_per_group
     cfg.rpn.post_nms_top_n_train = 1000
+    cfg.roi_heads.num_classes = 81
+    return cfg
+
+
+def _paper_c4(depth: int = 50) -> ModelConfig:
+    """The paper's ResNet-C4 models (Sec. 3.1, Faster R-CNN's C4 head as Detectron builds it):
+    RPN on C4 (stride 16, 15 anchors: 5 sizes x 3 ratios), RoIs pooled 14 x 14 from C4, res5
+    per RoI, 64 RoIs per image at 1:3, 300 test proposals, 14 x 14 masks."""
+    cfg = _paper_fpn(depth)
+    cfg.backbone.kind = "c4"
+    cfg.rpn.pre_nms_top_n_train, cfg.rpn.post_nms_top_n_train = 12000, 2000
+    cfg.rpn.pre_nms_top_n_test, cfg.rpn.post_nms_top_n_test = 6000, 300
+    cfg.roi_heads.batch_size_per_image = 64
     return cfg
 
 
@@ -204,10 +233,17 @@ def _small() -> ModelConfig:
 PRESETS = {
     "torchvision_r50_fpn": _torchvision_r50_fpn,
     "torchvision_r50_fpn_v2": _torchvision_r50_fpn_v2,
-    "r50_fpn": _r50_fpn,
+    "paper_r50_c4": _paper_c4,
+    "paper_r101_c4": lambda: _paper_c4(101),
+    "paper_r50_fpn": _paper_fpn,
+    "paper_r101_fpn": lambda: _paper_fpn(101),
+    "paper_x101_fpn": lambda: _paper_fpn(101, groups=32, width_per_group=8),
     "detectron2_r50_fpn": _detectron2_r50_fpn,
     "small": _small,
 }
+
+
+PRESET_ALIASES = {"r50_fpn": "paper_r50_fpn"}  # earlier names, still read
 
 
 def preset_name(cfg: ModelConfig) -> str:

@@ -138,13 +138,13 @@ def test_export_leaves_the_model_alone(exports):
 
 
 def test_preset_names():
-    from maskrcnn.config import preset, preset_name
+    from maskrcnn.config import PRESETS, preset, preset_name
 
-    for name in ("torchvision_r50_fpn", "torchvision_r50_fpn_v2", "r50_fpn",
-                 "detectron2_r50_fpn", "small"):
+    for name in PRESETS:
         cfg = preset(name)
         cfg.roi_heads.num_classes = 7  # the classes do not change the preset
         cfg.class_names = tuple("abcdefg")
         assert preset_name(cfg) == name
     cfg.backbone.depth = 50
     assert preset_name(cfg) == "custom"
+    assert preset_name(preset("r50_fpn")) == "paper_r50_fpn"  # the earlier name still reads

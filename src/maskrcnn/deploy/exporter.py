@@ -34,6 +34,8 @@ def check_exportable(model: MaskRCNN, opset: int) -> None:
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is not supported: choose {OPSETS.start}.."
                           f"{OPSETS.stop - 1} (RoiAlign with half_pixel needs 16)")
+    if model.cfg.backbone.kind != "fpn":
+        raise ExportError(f"backbone.kind {model.cfg.backbone.kind}: only FPN models export")
     sizes = (model.cfg.input.min_size_test, model.cfg.input.max_size)
     if max(sizes) >= 2**13:
         raise ExportError(f"test sizes {sizes}: the exported resize takes sizes below 8192")

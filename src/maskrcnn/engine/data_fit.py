@@ -126,7 +126,7 @@ def fit_to_data(cfg: ModelConfig, boxes_per_image: Sequence[np.ndarray],
     if not len(sizes_wh):
         return fit
     wanted: dict[str, object] = {}
-    if anchors:
+    if anchors and cfg.backbone.kind == "fpn":  # the fit assumes one size per FPN level
         ratios = cfg.anchors.aspect_ratios
         fit.coverage = {b: anchor_coverage(sizes_wh, b, ratios) for b in BASE_SIZES}
         current = cfg.anchors.sizes[0]

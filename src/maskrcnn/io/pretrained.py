@@ -44,13 +44,16 @@ def build_pretrained_model(cfg: ModelConfig):
 
     model = build_model(cfg)
     if cfg.backbone.pretrained:
-        load_pretrained_body(model.backbone, cfg.backbone.pretrained, cfg.input)
+        load_pretrained_body(model.backbone, cfg.backbone.pretrained, cfg.input,
+                             res5=getattr(model.roi_heads, "res5", None))
     return model
 
 
 def load_pretrained_body(backbone: nn.Module, path_or_url: str,
-                         input_cfg: InputConfig | None = None) -> None:
-    """Load an ImageNet ResNet (formats in the module docstring) into `backbone.body`.
+                         input_cfg: InputConfig | None = None,
+                         res5: nn.Module | None = None) -> None:
+    """Load an ImageNet ResNet (formats in the module docstring) into `backbone.body`, and
+    its `layer4.*` into `res5` when given (backbone.kind c4: the RoI heads' res5).
 
     `path_or_url`: a local file, or a URL downloaded once into torch.hub's cache.
     input_cfg: the model's input settings, checked against what the body was trained with
@@ -63,6 +66,9 @@ def load_pretrained_body(backbone: nn.Module, path_or_url: str,
         _check_msra_settings(backbone, input_cfg, path_or_url)
     expected = {k: v for k, v in backbone.body.state_dict().items()
                 if not k.endswith("num_batches_tracked")}
+    if res5 is not None:
+        expected.update({f"layer4.{k}": v for k, v in res5.state_dict().items()
+                         if not k.endswith("num_batches_tracked")})
     for key, value in expected.items():
         if key not in state:
             raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
@@ -74,6 +80,10 @@ def load_pretrained_body(backbone: nn.Module, path_or_url: str,
     if unexpected:
         raise ValueError(f"{path_or_url}: not a matching ResNet state_dict: "
                          f"unexpected key {unexpected[0]!r}")
+    if res5 is not None:
+        res5.load_state_dict({k[len("layer4."):]: v for k, v in state.items()
+                              if k.startswith("layer4.")}, strict=False)
+        state = {k: v for k, v in state.items() if not k.startswith("layer4.")}
     backbone.body.load_state_dict(state, strict=False)
 
 

@@ -1,4 +1,5 @@
-"""Anchors: one set of A boxes (one per aspect ratio) centred on every feature-map cell."""
+"""Anchors: one set of A boxes (per size, one per aspect ratio) centred on every feature-map
+cell."""
 
 from __future__ import annotations
 
@@ -21,12 +22,25 @@ def cell_anchors(size: float, aspect_ratios: Sequence[float], round_to_int: bool
     return anchors.round() if round_to_int else anchors
 
 
+def level_cell_anchors(sizes: float | Sequence[float], aspect_ratios: Sequence[float],
+                       round_to_int: bool) -> Tensor:
+    """The cell anchors of one level with one or several sizes: [len(sizes) * R, 4], size
+    major (for each size, for each ratio), detectron2's DefaultAnchorGenerator order.
+    (torchvision's AnchorGenerator is ratio major; with one size per level both agree.)"""
+    sizes = [sizes] if isinstance(sizes, (int, float)) else list(sizes)
+    return torch.cat([cell_anchors(s, aspect_ratios, round_to_int) for s in sizes])
+
+
 class AnchorGenerator(nn.Module):
-    """Anchors for each FPN level, laid out location-major: index = (y * W + x) * A + a."""
+    """Anchors for each level, laid out location-major: index = (y * W + x) * A + a.
+
+    sizes: one entry per level, a size (FPN: one per level) or a sequence of sizes (C4 / C5:
+    all sizes on the one level); every level must have the same number A of cell anchors.
+    """
 
     def __init__(
         self,
-        sizes: Sequence[float],
+        sizes: Sequence[float | Sequence[float]],
         aspect_ratios: Sequence[float],
         strides: Sequence[int],
         round_cell_anchors: bool = True,
@@ -37,10 +51,14 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"{len(sizes)} anchor sizes for {len(strides)} feature levels")
         self.strides = tuple(strides)
         self.strides_from_grid = strides_from_grid
-        self.num_anchors_per_location = len(aspect_ratios)
+        counts = set()
         for level, size in enumerate(sizes):
-            cells = cell_anchors(size, aspect_ratios, round_cell_anchors)
+            cells = level_cell_anchors(size, aspect_ratios, round_cell_anchors)  # [A, 4]
+            counts.add(cells.shape[0])
             self.register_buffer(f"cell_anchors_{level}", cells, persistent=False)
+        if len(counts) != 1:
+            raise ValueError(f"every level needs the same number of anchors, got {sizes}")
+        self.num_anchors_per_location = counts.pop()
 
     def level_stride(self, level: int, grid_size: Sequence[int], image_size: Sequence[int]):
         """(stride_y, stride_x) of one level."""

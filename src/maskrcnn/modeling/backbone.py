@@ -1,4 +1,5 @@
-"""ResNet body + FPN backbone, frozen BatchNorm, BN folding.
+"""ResNet body + FPN backbone (or one level, C4 / C5, without FPN), frozen BatchNorm, BN
+folding.
 
 Key names match torchvision's ResNet (`conv1`, `bn1`, `layer1..layer4`, no `fc`), so a
 torchvision ImageNet checkpoint loads into `Backbone.body` as it is, and the body keys of
@@ -18,6 +19,7 @@ from maskrcnn.config import BackboneConfig
 from maskrcnn.modeling.fpn import FPN, ConvNorm
 
 BODY_NORMS = ("frozen_bn", "bn", "gn")
+BACKBONE_KINDS = ("fpn", "c4", "c5")  # backbone.kind
 _STAGES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
@@ -87,15 +89,18 @@ class ResNetBody(nn.Module):
             (torchvision's meaning; bn1 trains only with 5). Others get requires_grad False.
         stride_in_1x1: put a bottleneck's stride in its 1x1 conv (MSRA/detectron2 weights)
             instead of its 3x3 conv (torchvision).
-    forward: x [B, 3, H, W] -> [C2, C3, C4, C5] at strides 4, 8, 16, 32.
+        groups, width_per_group: the bottlenecks' 3x3 conv groups and width per group
+            (torchvision's Bottleneck `groups` / `base_width`; ResNeXt-101 32x8d: 32, 8).
+        num_stages: 4, or 3 for C4 models (no layer4: res5 runs per RoI in the RoI heads).
+    forward: x [B, 3, H, W] -> [C2, C3, C4, C5] at strides 4, 8, 16, 32 (without C5 for
+    num_stages 3).
     """
 
     def __init__(self, depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 5,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, groups: int = 1, width_per_group: int = 64,
+                 num_stages: int = 4) -> None:
         super().__init__()
-        if depth not in _STAGES:
-            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_STAGES)}")
-        block, blocks_per_stage = _STAGES[depth]
+        block, blocks_per_stage = _resnet_blocks(depth, groups, width_per_group)
         norm_layer = _norm_factory(norm)
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(64)
@@ -103,39 +108,78 @@ class ResNetBody(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = 64
         self.out_channels_list: list[int] = []
-        for index, num_blocks in enumerate(blocks_per_stage):
+        self.num_stages = num_stages
+        for index, num_blocks in enumerate(blocks_per_stage[:num_stages]):
             planes = 64 * 2**index
             stage = _make_stage(block, in_channels, planes, num_blocks,
                                 stride=1 if index == 0 else 2, norm_layer=norm_layer,
-                                stride_in_1x1=stride_in_1x1)
+                                stride_in_1x1=stride_in_1x1, groups=groups,
+                                width_per_group=width_per_group)
             self.add_module(f"layer{index + 1}", stage)
             in_channels = planes * block.expansion
             self.out_channels_list.append(in_channels)
-        self._init_weights()
+        _init_resnet_weights(self)
         freeze_body_layers(self, trainable_layers)
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
+        for index in range(self.num_stages):
+            x = getattr(self, f"layer{index + 1}")(x)
             features.append(x)
         return features
 
 
+def _resnet_blocks(depth: int, groups: int, width_per_group: int
+                   ) -> tuple[type[nn.Module], tuple[int, int, int, int]]:
+    """(block class, blocks per stage) of a depth, the grouped width checked."""
+    if depth not in _STAGES:
+        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(_STAGES)}")
+    block, blocks_per_stage = _STAGES[depth]
+    if groups < 1 or width_per_group < 1:
+        raise ValueError(f"backbone.groups and backbone.width_per_group must be >= 1, got "
+                         f"{groups} and {width_per_group}")
+    if block is BasicBlock and (groups, width_per_group) != (1, 64):
+        raise ValueError(f"ResNet-{depth} has basic blocks: backbone.groups must be 1 and "
+                         f"backbone.width_per_group 64, got {groups} and {width_per_group}")
+    return block, blocks_per_stage
+
+
+def _init_resnet_weights(module: nn.Module) -> None:
+    """torchvision's ResNet init: kaiming-normal convs (fan_out), norms weight 1, bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def build_res5(cfg: BackboneConfig) -> nn.Sequential:
+    """ResNet's layer4 (res5, stride 2 in its first block) alone, for the C4 RoI heads:
+    [R, C4 channels, S, S] -> [R, 2048 (512 for ResNet-18/34), S / 2, S / 2]. Keys are
+    those of `layer4.` without the prefix; it trains when trainable_layers >= 1 (layer4 is
+    the last stage of freeze_body_layers)."""
+    block, blocks_per_stage = _resnet_blocks(cfg.depth, cfg.groups, cfg.width_per_group)
+    in_channels = 256 * block.expansion  # layer3's output
+    res5 = _make_stage(block, in_channels, 512, blocks_per_stage[3], stride=2,
+                       norm_layer=_norm_factory(cfg.norm), stride_in_1x1=cfg.stride_in_1x1,
+                       groups=cfg.groups, width_per_group=cfg.width_per_group)
+    _init_resnet_weights(res5)
+    if not 0 <= cfg.trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {cfg.trainable_layers}")
+    res5.requires_grad_(cfg.trainable_layers >= 1)
+    return res5
+
+
 def _make_stage(block: type[nn.Module], in_channels: int, planes: int, num_blocks: int,
                 stride: int, norm_layer: Callable[[int], nn.Module],
-                stride_in_1x1: bool) -> nn.Sequential:
+                stride_in_1x1: bool, groups: int = 1, width_per_group: int = 64
+                ) -> nn.Sequential:
     """One ResNet stage; the first block subsamples by `stride` and projects if needed."""
     out_channels = planes * block.expansion
+    # torchvision's Bottleneck: width = planes * base_width / 64 * groups (BasicBlock: 1, 64)
+    grouped = {} if block is BasicBlock else {"groups": groups, "base_width": width_per_group}
     downsample = None
     if stride != 1 or in_channels != out_channels:
         downsample = nn.Sequential(
@@ -143,11 +187,12 @@ def _make_stage(block: type[nn.Module], in_channels: int, planes: int, num_block
             norm_layer(out_channels),
         )
     blocks = [block(in_channels, planes, stride=stride, downsample=downsample,
-                    norm_layer=norm_layer)]
+                    norm_layer=norm_layer, **grouped)]
     if stride_in_1x1 and block is Bottleneck and stride != 1:
         blocks[0].conv1.stride = (stride, stride)
         blocks[0].conv2.stride = (1, 1)
-    blocks += [block(out_channels, planes, norm_layer=norm_layer) for _ in range(num_blocks - 1)]
+    blocks += [block(out_channels, planes, norm_layer=norm_layer, **grouped)
+               for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 
@@ -179,10 +224,32 @@ class Backbone(nn.Module):
         return self.fpn(self.body(x))
 
 
-def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """Build the ResNet-FPN backbone of `cfg` with fresh weights (`cfg.pretrained` is not read
-    here: maskrcnn.io.pretrained.build_pretrained_model loads it)."""
-    body = ResNetBody(cfg.depth, cfg.norm, cfg.trainable_layers, cfg.stride_in_1x1)
+class SingleLevelBackbone(nn.Module):
+    """A ResNet body without FPN whose last stage is the one feature level: C4 (a body of 3
+    stages, stride 16; backbone.kind c4) or C5 (4 stages, stride 32; kind c5).
+    forward: x [B, 3, H, W] -> [C], C [B, out_channels, ceil(H / s), ceil(W / s)]."""
+
+    def __init__(self, body: ResNetBody) -> None:
+        super().__init__()
+        self.body = body
+        self.strides: tuple[int, ...] = (2 ** (body.num_stages + 1),)  # (16,) or (32,)
+        self.out_channels: int = body.out_channels_list[-1]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.body(x)[-1:]
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone | SingleLevelBackbone:
+    """Build the backbone of `cfg` (`backbone.kind`) with fresh weights: ResNet-FPN, or the
+    body up to C4 / C5 (`cfg.pretrained` is not read here:
+    maskrcnn.io.pretrained.build_pretrained_model loads it)."""
+    if cfg.kind not in BACKBONE_KINDS:
+        raise ValueError(f"unknown backbone.kind {cfg.kind!r}; choose one of {BACKBONE_KINDS}")
+    body = ResNetBody(cfg.depth, cfg.norm, cfg.trainable_layers, cfg.stride_in_1x1,
+                      groups=cfg.groups, width_per_group=cfg.width_per_group,
+                      num_stages=3 if cfg.kind == "c4" else 4)
+    if cfg.kind != "fpn":
+        return SingleLevelBackbone(body)
     backbone = Backbone(body, FPN(body.out_channels_list, cfg.fpn_channels, cfg.fpn_norm))
     return backbone
 

@@ -1,4 +1,5 @@
-"""The whole model: backbone + FPN, RPN, RoI heads (box and mask in parallel)."""
+"""The whole model: backbone + FPN (or C4 / C5 alone), RPN, RoI heads (box and mask in
+parallel)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..structures import Detections, Targets
-from .backbone import build_backbone, fold_frozen_batchnorm
+from .backbone import build_backbone, build_res5, fold_frozen_batchnorm
+from .res5_heads import Res5RoIHeads
 from .roi_heads import RoIHeads
 from .rpn import RPN
 from .transform import InputTransform
@@ -22,6 +24,11 @@ class MaskRCNN(nn.Module):
     `forward(images, targets)` returns the losses; in eval mode `forward(images)` returns
     one `Detections` per image in original-image pixels. `compute_losses` works in either
     mode (for validation loss).
+
+    backbone.kind (the paper's Table 2 variants): "fpn" (RPN on P2..P6, RoIs from P2..P5),
+    "c4" (RPN and RoIs on C4, res5 per RoI: modeling/res5_heads.py) or "c5" (RPN and RoIs on
+    C5, the FPN model's box and mask heads on C5: RoIs pooled 7 x 7 for the 2-fc box head
+    and 14 x 14 for the FCN mask head; the paper's Table 2d "RoIs on C5", stride 32).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -31,8 +38,16 @@ class MaskRCNN(nn.Module):
         self.backbone = build_backbone(cfg.backbone)
         strides = self.backbone.strides
         self.rpn = RPN(cfg.rpn, cfg.anchors, self.backbone.out_channels, strides)
-        pooled_scales = [1.0 / s for s in strides[:4]]  # RoIs are pooled from P2..P5
-        self.roi_heads = RoIHeads(cfg.roi_heads, self.backbone.out_channels, pooled_scales)
+        # FPN: RoIs are pooled from P2..P5 (not P6); C4 / C5: from the one level
+        self.num_roi_levels = min(len(strides), 4)
+        pooled_scales = [1.0 / s for s in strides[: self.num_roi_levels]]
+        if cfg.backbone.kind == "c4":
+            res5_channels = 2 * self.backbone.out_channels  # res5 doubles C4's channels
+            self.roi_heads = Res5RoIHeads(cfg.roi_heads, build_res5(cfg.backbone),
+                                          res5_channels, pooled_scales[0])
+        else:
+            self.roi_heads = RoIHeads(cfg.roi_heads, self.backbone.out_channels,
+                                      pooled_scales)
         self.inference_optimized = False
 
     @property
@@ -86,7 +101,7 @@ class MaskRCNN(nn.Module):
         )
         losses = self.rpn.losses(logits, deltas, anchors, [t.boxes for t in targets])
         sampled = self.roi_heads.sample(proposals, targets)
-        losses.update(self.roi_heads.losses(features[:4], sampled, targets))
+        losses.update(self.roi_heads.losses(features[: self.num_roi_levels], sampled, targets))
         return losses
 
     @torch.no_grad()
@@ -102,7 +117,8 @@ class MaskRCNN(nn.Module):
             logits, deltas, anchors, image_list.image_sizes, training=False
         )
         detections = self.roi_heads.inference(
-            features[:4], proposals, image_list.image_sizes, score_thresh=score_thresh
+            features[: self.num_roi_levels], proposals, image_list.image_sizes,
+            score_thresh=score_thresh,
         )
         return self.transform.postprocess(
             detections,

@@ -15,7 +15,7 @@ from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedSampler
 from ..structures import Detections, Targets
 from .box_head import BoxHead
-from .mask_head import MaskHead, mask_targets
+from .mask_head import build_mask_head, mask_targets
 from .poolers import MultiLevelRoIPooler
 
 
@@ -63,15 +63,7 @@ class RoIHeads(nn.Module):
             norm=cfg.box_head_norm,
             num_fcs=cfg.box_head_fcs,
         )
-        self.mask_head = MaskHead(
-            in_channels,
-            cfg.mask_head_channels,
-            cfg.mask_head_convs,
-            cfg.num_classes,
-            class_agnostic=cfg.class_agnostic_mask,
-            mask_loss=cfg.mask_loss,
-            norm=cfg.mask_head_norm,
-        )
+        self.mask_head = build_mask_head(cfg, in_channels)  # roi_heads.mask_head
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh)
         self.sampler = BalancedSampler(cfg.batch_size_per_image, cfg.positive_fraction)
 

@@ -67,8 +67,10 @@ class RPN(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        # FPN: one size per level; one level (C4 / C5): all sizes on it
+        sizes = [tuple(anchor_cfg.sizes)] if len(strides) == 1 else anchor_cfg.sizes
         self.anchor_generator = AnchorGenerator(
-            anchor_cfg.sizes,
+            sizes,
             anchor_cfg.aspect_ratios,
             strides,
             round_cell_anchors=anchor_cfg.round_cell_anchors,

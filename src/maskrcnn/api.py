@@ -58,32 +58,59 @@ def image_to_tensor(image: Any) -> Tensor:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               backend: str | None = None) -> MaskRCNN | ExportedModel:
+               backend: str | None = None, precision: str | None = None,
+               ) -> MaskRCNN | ExportedModel:
     """The model in a file, ready to predict.
 
     Our checkpoints and torchvision maskrcnn_resnet50_fpn state_dicts give a MaskRCNN in
     eval mode; exported models give an ExportedModel with the same `predict`: `.onnx` on
     ONNX Runtime, `.xml` (OpenVINO IR) on OpenVINO. backend ("torch", "onnxruntime",
     "openvino") overrides the choice by suffix (openvino also runs .onnx files).
+
+    precision "fp32" (default) or "bf16": what `predict` computes in (model.precision;
+    see maskrcnn.engine.precision). bf16 where the device has bfloat16 arithmetic, else a
+    warning and fp32; exported models: OpenVINO's inference precision (default: the one
+    the file was exported with), refused on ONNX Runtime. For speed in bf16, also call
+    `model.optimize_for_inference()` (BatchNorm folded, channels_last), as the CLI does.
     """
     from .deploy.runtime import backend_for, load_exported
+    from .engine.precision import check_precision, set_precision
     from .io.weights import load_model as load_weights
 
+    if precision is not None:
+        check_precision(precision)
     if backend_for(path, backend) != "torch":
-        return load_exported(path, backend, str(device))
-    return load_weights(path, device=device)
+        return load_exported(path, backend, str(device), precision=precision)
+    return set_precision(load_weights(path, device=device), precision or "fp32")
 
 
 def export(model: MaskRCNN, path: str | os.PathLike, format: str = "onnx", *,
-           opset: int | None = None, mask_output: str = "pasted") -> list[Path]:
+           opset: int | None = None, mask_output: str = "pasted",
+           precision: str = "fp32") -> list[Path]:
     """Export the whole model to ONNX (`path` .onnx) or OpenVINO IR (`path` .xml + .bin).
 
     mask_output "pasted" gives bool masks at the input size; "probs" the [N, 28, 28]
-    probabilities of each detection's class, pasted by the predictor. Returns the files
-    written. See docs/deploy.md for the graph's inputs and outputs."""
+    probabilities of each detection's class, pasted by the predictor. precision "bf16"
+    (OpenVINO only): the file runs in bfloat16 by default (metadata `maskrcnn.precision`;
+    the weights stay float32, load_model(path, precision="fp32") still runs it exactly);
+    refused for ONNX, whose Conv has no bfloat16. Returns the files written. See
+    docs/deploy.md for the graph's inputs and outputs."""
     from .deploy import export as export_model
+    from .deploy.metadata import ExportError
+    from .engine.precision import check_precision
 
-    return export_model(model, path, format, opset=opset, mask_output=mask_output)
+    check_precision(precision)
+    if precision == "bf16" and format != "openvino":
+        raise ExportError(f"precision bf16 is an OpenVINO setting (ONNX's Conv has no "
+                          f"bfloat16, ONNX Runtime runs float32): export with "
+                          f"format='openvino' (--format openvino), or export {format} in fp32 "
+                          f"and run the .onnx on OpenVINO with precision bf16")
+    written = export_model(model, path, format, opset=opset, mask_output=mask_output)
+    if precision != "fp32":
+        from .deploy.runtime import set_file_precision
+
+        set_file_precision(written[0], precision)
+    return written
 
 
 def predict(
@@ -93,22 +120,41 @@ def predict(
     score_thresh: float | None = None,
     soft_masks: bool = False,
     batch_size: int = 1,
+    precision: str | None = None,
 ) -> list[Detections]:
     """Detections (boxes xyxy, scores, labels, masks) per image, in original pixels.
 
     score_thresh applies to this call only (default: the model's cfg.roi_heads.score_thresh);
-    the model is not changed, so one model can serve calls with different thresholds."""
+    the model is not changed, so one model can serve calls with different thresholds.
+    precision ("fp32", "bf16"; default: the model's, see load_model) likewise, for PyTorch
+    models; an exported model's is fixed when it is loaded."""
+    from .engine.precision import (
+        check_precision,
+        model_precision,
+        predict_in,
+        resolve_precision,
+    )
+
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     device = getattr(model, "device", None) or next(model.parameters()).device
+    run = model.predict
+    if precision is not None and check_precision(precision) != model_precision(model):
+        if isinstance(model, ExportedModel):
+            raise ValueError(f"{model.path} runs in {model_precision(model)}: an exported "
+                             "model's precision is chosen when loading it "
+                             f"(load_model(path, precision={precision!r}))")
+        effective = resolve_precision(precision, device)
+
+        def run(tensors, soft_masks, score_thresh):
+            return predict_in(model, effective, tensors, soft_masks, score_thresh)
     was_training = model.training
     model.eval()
     try:
         results: list[Detections] = []
         for batch in _chunks(items, batch_size):
             tensors = [image_to_tensor(img).to(device) for img in batch]
-            results.extend(model.predict(tensors, soft_masks=soft_masks,
-                                         score_thresh=score_thresh))
+            results.extend(run(tensors, soft_masks=soft_masks, score_thresh=score_thresh))
     finally:
         model.train(was_training)
     return results

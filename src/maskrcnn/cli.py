@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .commands import CliError, check_categories, load_for_inference
+from .commands import PRECISION_HELP, CliError, check_categories, load_for_inference
 
 SHAPES_EXAMPLES = """examples:
   maskrcnn shapes --out data/shapes
@@ -190,6 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions:
         if args.weights or args.images:
             raise CliError("--predictions takes precomputed results: no --weights/--images")
+        if args.precision:
+            raise CliError("--precision applies to --weights, not to --predictions")
         if not Path(args.predictions).is_file():
             raise CliError(f"{args.predictions}: results file not found")
         metrics = _evaluate_json(coco_evaluate, args.json, args.predictions, out)
@@ -235,7 +237,7 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
     device = dist.init_distributed("cpu" if exported and args.device == "auto" else args.device)
     try:
         main_rank = dist.is_main_process()
-        model = load_for_inference(args.weights, args.backend, str(device))
+        model = load_for_inference(args.weights, args.backend, str(device), args.precision)
         coco, dataset = load_eval_dataset(args.json, args.images, masks=False,
                                           verbose=main_rank, name="eval")
         check_categories(model.cfg, coco, args.json)
@@ -251,7 +253,7 @@ def _evaluate_weights(args: argparse.Namespace, out: Path):
         if not main_rank:
             return None
         write_results_json(results, out / "predictions.json")
-        print(f"{len(results)} detections in {metrics['seconds']:.1f} s")
+        print(f"{len(results)} detections in {metrics['seconds']:.1f} s ({model.precision})")
         return metrics
     finally:
         dist.cleanup()
@@ -328,6 +330,7 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help=PRECISION_HELP)
     p.set_defaults(func=cmd_eval)
 
 

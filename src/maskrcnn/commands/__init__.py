@@ -17,16 +17,24 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_for_inference(weights: str, backend: str | None, device: str):
+def load_for_inference(weights: str, backend: str | None, device: str,
+                       precision: str | None = None):
     """The model of a weight or exported file, ready to predict: torch models with
     BatchNorm folded and channels_last (optimize_for_inference), exported ones as they are
-    ("auto" is the CPU for those)."""
+    ("auto" is the CPU for those). precision: fp32 / bf16 (None: fp32, or an exported
+    file's own); the one in effect is the model's `precision`."""
     from ..api import load_model
     from ..deploy import backend_for
 
     chosen = backend_for(weights, backend)
     device = resolve_device(device) if chosen == "torch" or device != "auto" else "cpu"
-    return load_model(weights, device=device, backend=backend).optimize_for_inference()
+    return load_model(weights, device=device, backend=backend,
+                      precision=precision).optimize_for_inference()
+
+
+PRECISION_HELP = ("fp32 (default; an exported file: the precision it was exported with) or "
+                  "bf16: convolutions and heads in bfloat16 where the hardware has it (box "
+                  "geometry, NMS and masks stay float32); not on onnxruntime")
 
 
 def check_categories(cfg, dataset, json_path: str) -> None:

@@ -29,14 +29,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and not out.endswith(".onnx"):
         raise CliError(f"--out {out}: an ONNX model is written as NAME.onnx")
     if args.format == "safetensors":
+        if args.precision == "bf16":
+            raise CliError("--precision bf16: safetensors holds the float32 weights; choose "
+                           "the precision when running them (predict/eval --precision bf16)")
         return _export_safetensors(args.weights, out)
+    if args.precision == "bf16" and args.format == "onnx":
+        raise CliError("--precision bf16 is for --format openvino: ONNX's Conv has no "
+                       "bfloat16 and ONNX Runtime runs float32; or export onnx in fp32 and "
+                       "run it with --backend openvino --precision bf16")
     start = time.perf_counter()
     _stage(f"loading {args.weights}")
     model = load_model(args.weights, device="cpu")
     _stage("building and checking the ONNX graph, then "
            + ("converting it to OpenVINO IR" if args.format == "openvino" else f"writing {out}"))
-    written = export(model, out, args.format, opset=args.opset, mask_output=args.mask_output)
-    print(f"wrote {', '.join(str(p) for p in written)} ({args.format}, "
+    written = export(model, out, args.format, opset=args.opset, mask_output=args.mask_output,
+                     precision=args.precision)
+    print(f"wrote {', '.join(str(p) for p in written)} ({args.format}, {args.precision}, "
           f"{model.cfg.roi_heads.num_classes - 1} classes) in "
           f"{time.perf_counter() - start:.0f} s")
     return 0
@@ -74,4 +82,8 @@ def add_parser(commands) -> None:
     p.add_argument("--mask-output", choices=["pasted", "probs"], default="pasted",
                    help="pasted (default): bool masks at the input size; probs: the "
                         "28x28 probabilities, pasted by the predictor")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (default) or bf16 (openvino only): the precision the file runs "
+                        "in by default (weights stay float32; predict/eval --precision "
+                        "overrides it)")
     p.set_defaults(func=cmd_export)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import CliError, load_for_inference
+from . import PRECISION_HELP, CliError, load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -65,7 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = find_images(args.inputs)
     if not paths:
         raise CliError("no images to predict on")
-    model = load_for_inference(args.weights, args.backend, args.device)
+    model = load_for_inference(args.weights, args.backend, args.device, args.precision)
     device = getattr(model, "device", None) or next(model.parameters()).device
     class_names = model.cfg.class_names or None
     category_ids = model.cfg.category_ids or None
@@ -88,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_results_json(results, out / "predictions.json")
     print(f"wrote {len(results)} detections of {len(paths) - failed} images to "
-          f"{out / 'predictions.json'}")
+          f"{out / 'predictions.json'} ({model.precision})")
     if failed:
         raise CliError(f"{failed} of {len(paths)} images could not be read (see above)")
     return 0
@@ -114,4 +114,5 @@ def add_parser(commands) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (default: cuda if available; cpu for exported models), cpu, "
                         "cuda, ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help=PRECISION_HELP)
     p.set_defaults(func=cmd_predict)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ class ExportedModel:
         self.cfg = info.cfg
         self.device = torch.device("cpu")
         self.training = False
+        self.precision = "fp32"  # what the runtime computes in (set by the subclass)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -138,7 +140,12 @@ class OnnxRuntimeModel(ExportedModel):
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str | None = None) -> None:
+        if precision == "bf16":
+            raise WeightsError(
+                f"{path}: ONNX Runtime has no bfloat16 convolutions (ONNX's Conv takes "
+                "float16/32/64 only): run it with --precision fp32, or on OpenVINO "
+                "(--backend openvino --precision bf16)")
         ort = _import_runtime("onnxruntime")
         path = _existing(path)
         providers = ["CPUExecutionProvider"]
@@ -171,7 +178,7 @@ class OpenVINOModel(ExportedModel):
     backend = "openvino"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str | None = None) -> None:
         ov = _import_runtime("openvino")
         path = _existing(path)
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
@@ -183,12 +190,16 @@ class OpenVINOModel(ExportedModel):
         except Exception as err:  # openvino raises RuntimeError and its own types
             raise WeightsError(f"{path}: not a readable OpenVINO or ONNX model "
                                f"({_first_line(err)})") from None
-        info = from_strings(_openvino_metadata(model), path)
+        metadata = _openvino_metadata(model)
+        info = from_strings(metadata, path)
         super().__init__(path, info)
         if str(device) != "cpu":
             raise WeightsError(f"{path}: the openvino backend runs on the CPU (--device cpu)")
-        # float32 everywhere: the CPU plugin would pick bfloat16 on CPUs that have it
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        from ..engine.precision import resolve_precision
+
+        self.precision = resolve_precision(precision or _file_precision(metadata, path))
+        # always explicit: the CPU plugin would pick bfloat16 on CPUs that have it
+        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[self.precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
@@ -216,6 +227,40 @@ def _openvino_metadata(model) -> dict[str, str]:
         return {}
     return {key: str(value.astype(str)) if hasattr(value, "astype") else str(value)
             for key, value in dict(framework).items()}
+
+
+PRECISION_KEY = "maskrcnn.precision"
+
+
+def _file_precision(metadata: dict[str, str], path: object) -> str:
+    """The precision an exported file asks for (`export --precision`); fp32 if none."""
+    from ..engine.precision import PRECISIONS
+
+    try:
+        precision = json.loads(metadata.get(PRECISION_KEY, '"fp32"'))
+    except ValueError:
+        precision = None
+    if precision not in PRECISIONS:
+        raise WeightsError(f"{path}: unknown precision {metadata[PRECISION_KEY]} in the "
+                           f"metadata (this maskrcnn knows {', '.join(PRECISIONS)})")
+    return precision
+
+
+def set_file_precision(xml: str | os.PathLike, precision: str) -> None:
+    """Record in an exported OpenVINO IR the precision it runs in by default (metadata
+    `maskrcnn.precision`; the weights stay float32)."""
+    ov = _import_runtime("openvino")
+    xml = Path(xml)
+    model = ov.Core().read_model(str(xml))
+    model.set_rt_info(json.dumps(precision), ["framework", PRECISION_KEY])
+    tmp = xml.with_name(f".{xml.stem}.precision.xml")
+    try:
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -251,12 +296,18 @@ def backend_for(path: str | os.PathLike, backend: str | None = None) -> str:
 
 
 def load_exported(path: str | os.PathLike, backend: str | None = None,
-                  device: str = "cpu", threads: int | None = None) -> ExportedModel:
+                  device: str = "cpu", threads: int | None = None,
+                  precision: str | None = None) -> ExportedModel:
     """An exported model on its backend (from the suffix unless `backend` says); threads:
-    the runtime's thread count (default: the runtime's own choice)."""
+    the runtime's thread count (default: the runtime's own choice); precision: "fp32" or
+    "bf16" (OpenVINO only; default: the file's `maskrcnn.precision`, else fp32)."""
+    if precision is not None:
+        from ..engine.precision import check_precision
+
+        check_precision(precision)
     chosen = backend_for(path, backend)
     if chosen == "onnxruntime":
-        return OnnxRuntimeModel(path, device, threads)
+        return OnnxRuntimeModel(path, device, threads, precision)
     if chosen == "openvino":
-        return OpenVINOModel(path, device, threads)
+        return OpenVINOModel(path, device, threads, precision)
     raise WeightsError(f"{path}: not an exported model (.onnx or .xml)")

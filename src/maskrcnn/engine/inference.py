@@ -87,6 +87,18 @@ def _mean_losses(sums: dict[str, float], count: int) -> dict[str, float]:
     return out
 
 
+def _record_precision(path: str, precision: str) -> None:
+    """Add "precision" to the metrics.json coco_evaluate wrote (results stay traceable)."""
+    import json
+
+    from ..io.coco_results import write_json_atomic
+
+    with open(path) as f:
+        saved = json.load(f)
+    saved["precision"] = precision
+    write_json_atomic(saved, path)
+
+
 def evaluate_model(
     model: nn.Module,
     dataset: SafeDataset,
@@ -104,9 +116,10 @@ def evaluate_model(
     """COCO AP (bbox and segm) of `model` on `dataset` (+ validation loss if with_loss).
 
     Returns (metrics, results) on every rank: metrics as coco_evaluate returns them plus
-    "loss" (dict, when with_loss), "seconds" and "num_unreadable". With out_dir, rank 0 also
-    writes metrics.json and the PR plots there. progress and score_thresh: as in
-    run_inference.
+    "loss" (dict, when with_loss), "seconds", "num_unreadable" and, for a model with a
+    `precision` (maskrcnn.load_model's models: "fp32" or "bf16"), "precision". With
+    out_dir, rank 0 also writes metrics.json (with the precision) and the PR plots there.
+    progress and score_thresh: as in run_inference.
     """
     start = time.perf_counter()
     results, losses, failed = run_inference(
@@ -124,6 +137,11 @@ def evaluate_model(
             else ("bbox",)
         metrics = coco_evaluate(gt_json, results, iou_types=iou_types, out_dir=out_dir,
                                 max_dets=max_dets)
+        precision = getattr(model, "precision", None)
+        if precision is not None:
+            metrics["precision"] = precision
+            if out_dir is not None:
+                _record_precision(os.path.join(out_dir, "metrics.json"), precision)
         if with_loss:
             metrics["loss"] = losses
         metrics["seconds"] = time.perf_counter() - start

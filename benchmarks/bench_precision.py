@@ -1,0 +1,197 @@
+"""fp32 against bf16 inference: accuracy (box and mask AP) on a dataset and speed, in one
+process, runs alternating.
+
+Dataset part (with --weights, --json, --images): for each backend (torch: our model after
+optimize_for_inference; openvino: the weights exported to a temporary IR) and precision,
+COCO box and mask AP of the whole set, then --runs passes over the first --images-timed
+images, precisions alternating image by image; median seconds per image.
+
+R50-FPN part (--r50): one 800x1216 image, the perturbed seeded weights of bench_model.py
+(~100 detections): fp32 eager (exact), fp32 optimize_for_inference, bf16 optimized (and
+the same model in OpenVINO f32 / bf16 with --r50-openvino); median of --runs, ratio to
+the first row, and the share of detections with a same-label twin of IoU > 0.99
+(matched) and > 0.9 (matched@0.9) in the exact model's output.
+
+    .venv/bin/python benchmarks/bench_precision.py --weights W --json val.json \\
+        --images images/ [--runs 3] [--backends torch openvino] [--r50 [--r50-openvino]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import maskrcnn
+from maskrcnn.engine.inference import evaluate_model
+from maskrcnn.engine.precision import PRECISIONS, bf16_supported
+from maskrcnn.engine.train_data import load_eval_dataset
+from maskrcnn.ops.boxes import box_iou
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_deploy import matched  # noqa: E402  (benchmarks/ is not a package)
+
+
+def matched_at(ours, reference, threshold: float) -> float:
+    """Share of `ours` with a same-label twin of IoU > threshold in `reference`."""
+    if len(ours) == 0 or len(reference) == 0:
+        return float(len(ours) == len(reference))
+    iou = box_iou(ours.boxes, reference.boxes)
+    iou[ours.labels[:, None] != reference.labels[None, :]] = 0
+    return (iou.max(dim=1).values > threshold).float().mean().item()
+
+
+def dataset_models(weights: str, backends: list[str], folder: Path, threads: int):
+    """{(backend, precision): model}."""
+    models = {}
+    for backend in backends:
+        if backend == "torch":
+            for precision in PRECISIONS:
+                models[backend, precision] = maskrcnn.load_model(
+                    weights, precision=precision).optimize_for_inference()
+        else:
+            from maskrcnn.deploy import load_exported
+
+            start = time.perf_counter()
+            xml = maskrcnn.export(maskrcnn.load_model(weights), folder / "model.xml",
+                                  "openvino")[0]
+            print(f"exported {weights} to OpenVINO IR in {time.perf_counter() - start:.0f} s")
+            for precision in PRECISIONS:
+                models[backend, precision] = load_exported(xml, threads=threads,
+                                                           precision=precision)
+    return models
+
+
+def run_dataset(args, folder: Path) -> None:
+    models = dataset_models(args.weights, args.backends, folder, args.threads)
+    _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=False)
+    cfg = next(iter(models.values())).cfg
+    metrics, detections = {}, {}
+    for key, model in models.items():
+        metrics[key], results = evaluate_model(
+            model, dataset, args.json, label_to_category_id=cfg.category_ids or None,
+            batch_size=1, max_dets=cfg.roi_heads.detections_per_image)
+        detections[key] = len(results)
+    images = _first_images(args.json, args.images, args.images_timed)
+    times = {key: [] for key in models}
+    with torch.no_grad():
+        for model in models.values():
+            model.predict(images[:1])  # warm-up
+        for _ in range(args.runs):
+            for image in images:
+                for key, model in models.items():  # alternating, image by image
+                    start = time.perf_counter()
+                    model.predict([image])
+                    times[key].append(time.perf_counter() - start)
+    print(f"{args.json}: {len(dataset)} images for AP, {len(images)} images x {args.runs} "
+          f"runs timed (median s per image), {args.threads} threads, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'backend':10s} {'precision':9s} {'box AP':>7s} {'AP50':>6s} {'mask AP':>8s} "
+          f"{'AP50':>6s} {'dets':>6s} {'s/image':>8s} {'ratio':>6s}")
+    for backend in args.backends:
+        first = statistics.median(times[backend, "fp32"])
+        for precision in PRECISIONS:
+            m = metrics[backend, precision]
+            median = statistics.median(times[backend, precision])
+            ran = getattr(models[backend, precision], "precision", precision)
+            print(f"{backend:10s} {ran:9s} {m['bbox']['AP']:7.4f} {m['bbox']['AP50']:6.3f} "
+                  f"{m['segm']['AP']:8.4f} {m['segm']['AP50']:6.3f} "
+                  f"{detections[backend, precision]:6d} {median:8.4f} {median / first:6.3f}")
+
+
+def _first_images(json_path: str, images_dir: str, count: int):
+    import json
+
+    with open(json_path) as f:
+        infos = json.load(f)["images"][:count]
+    return [maskrcnn.image_to_tensor(Path(images_dir) / info["file_name"]) for info in infos]
+
+
+def run_r50(args, folder: Path) -> None:
+    from maskrcnn.testing import (
+        our_copy,
+        perturbed_torchvision_maskrcnn,
+        smooth_random_images,
+        torchvision_config,
+    )
+
+    images = smooth_random_images([(800, 1216)])
+    tv_model = perturbed_torchvision_maskrcnn(images)
+    exact = our_copy(tv_model, torchvision_config()).eval()
+    fast = our_copy(tv_model, torchvision_config()).optimize_for_inference()
+    bf16 = our_copy(tv_model, torchvision_config()).optimize_for_inference()
+    from maskrcnn.engine.precision import set_precision
+
+    set_precision(bf16, "bf16")
+    rows = {
+        "fp32 eager (exact)": lambda: exact.predict(images)[0],
+        "fp32 optimize_for_inference": lambda: fast.predict(images)[0],
+        f"{bf16.precision} optimize_for_inference": lambda: bf16.predict(images)[0],
+    }
+    if args.r50_openvino:
+        from maskrcnn.deploy import load_exported
+
+        start = time.perf_counter()
+        xml = maskrcnn.export(exact, folder / "r50.xml", "openvino")[0]
+        print(f"R50-FPN exported to OpenVINO IR in {time.perf_counter() - start:.0f} s")
+        for precision in PRECISIONS:
+            model = load_exported(xml, threads=args.threads, precision=precision)
+            rows[f"OpenVINO {model.precision}"] = lambda model=model: model.predict(images)[0]
+    times = {row: [] for row in rows}
+    outputs = {}
+    with torch.no_grad():
+        for fn in rows.values():
+            fn()  # warm-up
+        for _ in range(args.runs):
+            for row, fn in rows.items():
+                start = time.perf_counter()
+                outputs[row] = fn()
+                times[row].append(time.perf_counter() - start)
+    reference = outputs["fp32 eager (exact)"]
+    first = statistics.median(times["fp32 eager (exact)"])
+    print(f"R50-FPN at 800x1216, batch 1, {len(reference)} detections, {args.runs} runs "
+          f"alternating, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'model':32s} {'median s':>9s} {'ratio':>6s} {'matched':>8s} {'@0.9':>6s}  runs")
+    for row, runs in times.items():
+        median = statistics.median(runs)
+        out = outputs[row]
+        print(f"{row:32s} {median:9.3f} {median / first:6.3f} {matched(out, reference):8.1%} "
+              f"{matched_at(out, reference, 0.9):6.1%}  " + ", ".join(f"{t:.2f}" for t in runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="weights to evaluate (with --json, --images)")
+    parser.add_argument("--json", help="COCO json of the evaluation set")
+    parser.add_argument("--images", help="folder of its images")
+    parser.add_argument("--backends", nargs="+", default=["torch"],
+                        choices=["torch", "openvino"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--images-timed", type=int, default=10,
+                        help="images of the set timed per run (default 10)")
+    parser.add_argument("--r50", action="store_true", help="also the R50-FPN speed rows")
+    parser.add_argument("--r50-openvino", action="store_true",
+                        help="with --r50: also the R50-FPN in OpenVINO f32 and bf16")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if not args.weights and not args.r50:
+        parser.error("give --weights/--json/--images, or --r50")
+    if args.weights and not (args.json and args.images):
+        parser.error("--weights needs --json and --images")
+    torch.set_num_threads(args.threads)
+    print(f"bfloat16 arithmetic on this CPU: {bf16_supported('cpu')}")
+    with tempfile.TemporaryDirectory() as folder:
+        if args.weights:
+            run_dataset(args, Path(folder))
+        if args.r50:
+            run_r50(args, Path(folder))
+
+
+if __name__ == "__main__":
+    main()

@@ -311,10 +311,16 @@ def main() -> int:
             data = nuclei_data(args.nuclei, args.size or 384)
         iters = args.iters or (500 if args.data == "shapes" else 400)
         start = time.perf_counter()
-        for seed in args.seeds:  # seed-major: every variant gets a first seed early
-            for name in args.studies:
-                for variant in STUDIES[name].variants:
-                    train_variant(data, variant, seed, iters, args.out, args.amp == "on")
+        from maskrcnn.engine.trainer import TrainingInterrupted
+
+        try:
+            for seed in args.seeds:  # seed-major: every variant gets a first seed early
+                for name in args.studies:
+                    for variant in STUDIES[name].variants:
+                        train_variant(data, variant, seed, iters, args.out, args.amp == "on")
+        except TrainingInterrupted as stop:  # the run resumes when the command is run again
+            print(f"\n{stop}; run the same command again to continue", file=sys.stderr)
+            return stop.exit_code
         print(f"\nstudies {' '.join(args.studies)} on {data.name}: "
               f"{(time.perf_counter() - start) / 60:.1f} min this session")
     table = report(args.out)

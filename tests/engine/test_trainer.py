@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from maskrcnn.cli import main
 from maskrcnn.data.shapes import write_shapes_dataset
 from maskrcnn.engine.solver import build_optimizer, lr_factor
 from maskrcnn.engine.train_config import TrainConfig
+from maskrcnn.engine.trainer import ESTIMATE_AFTER
 from maskrcnn.io.weights import read_weight_file
 from tests.test_cli_train_eval import TINY
 
@@ -79,13 +81,23 @@ def _records(out):
     return [json.loads(line) for line in lines if json.loads(line)["kind"] == "train"]
 
 
-def test_a_few_iterations_lower_the_loss(shapes, tmp_path):
+def test_a_few_iterations_lower_the_loss(shapes, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(shapes, out, "--iters", "12", "--batch-size", "2", "--lr", "0.02",
                   sets=["schedule=constant", "checkpoint_period=100"]) == 0
     losses = [r["loss"] for r in _records(out)]
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
+    # early in the run, one line says how long the rest will take at the speed so far
+    estimates = [line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("estimated training time: ")]
+    assert len(estimates) == 1, estimates
+    match = re.fullmatch(r"estimated training time: 0:(\d\d):(\d\d) more \(([\d.]+) s/it so "
+                         r"far on this machine\)", estimates[0])
+    assert match, estimates[0]
+    minutes, seconds, per_iter = int(match[1]), int(match[2]), float(match[3])
+    # rounding: the seconds to 1, the s/it to 0.01
+    assert abs(60 * minutes + seconds - (12 - ESTIMATE_AFTER) * per_iter) <= 0.5 + 0.06
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path, capsys):

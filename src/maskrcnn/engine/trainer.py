@@ -44,6 +44,8 @@ from .train_state import TrainState, Window, batch_to_device, format_val, resolv
 
 __all__ = ["DataPaths", "TrainingError", "TrainingInterrupted", "train"]
 
+ESTIMATE_AFTER = 6  # iterations of a session before the time estimate line
+
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged loss, nothing to train on); one-line message."""
@@ -327,6 +329,10 @@ class Trainer:
         self.printer.message(self.writer.status)
         self.session_start = time.perf_counter()
         self.elapsed_before = self.state.elapsed
+        # the time estimate: measured from the end of this session's first iteration
+        self.first_step_iteration = self.state.iteration + 1
+        self.first_step_elapsed = self.state.elapsed
+        self.estimate_at = self.state.iteration + ESTIMATE_AFTER
 
     def _done(self) -> bool:
         if self.limit_iters and self.state.iteration >= self.limit_iters:
@@ -396,6 +402,10 @@ class Trainer:
     def _after_step(self) -> None:
         state, cfg = self.state, self.cfg
         done = self._done()
+        if state.iteration == self.first_step_iteration:
+            self.first_step_elapsed = state.elapsed
+        if state.iteration == self.estimate_at and not done:
+            self._announce_estimate()
         if state.iteration % cfg.log_period == 0 or done:
             self._log()
         else:
@@ -410,6 +420,14 @@ class Trainer:
             or (cfg.eval_minutes > 0 and since_eval >= 60 * cfg.eval_minutes)
         ):
             self._validate(final=False)
+
+    def _announce_estimate(self) -> None:
+        """One line, early in the run: how long the rest will take at the speed so far
+        (the first iteration of a session, with its one-off costs, left out)."""
+        measured = self.state.elapsed - self.first_step_elapsed
+        sec = measured / max(self.state.iteration - self.first_step_iteration, 1)
+        self.printer.message(f"estimated training time: {format_seconds(self._eta(sec))} more "
+                             f"({sec:.2f} s/it so far on this machine)")
 
     def _eta(self, sec_per_iter: float) -> float:
         remaining = [math.inf]

@@ -40,7 +40,7 @@ the 0-1 scale), DIR/predictions.json (COCO results; not with --predictions) and 
 recall plots DIR/pr_bbox.png, DIR/pr_segm.png."""
 
 DEMO_EXAMPLES = """examples:
-  maskrcnn demo --out runs/demo                 # under 10 minutes on 2 CPU cores
+  maskrcnn demo --out runs/demo                 # 1000 iterations; says how long they take here
   maskrcnn demo --out runs/quick --iters 300    # a shorter (less accurate) run
 writes RUN/data/ (the shapes dataset), RUN/train/ (the training run), RUN/eval/ and
 RUN/overlays/*.png (validation images with the predicted masks)."""
@@ -355,8 +355,8 @@ def _add_small_parsers(commands) -> None:
     p.add_argument("--out", default="runs/demo", metavar="RUN", help="folder (runs/demo)")
     p.add_argument("--iters", type=int, default=DEMO_ITERS,
                    help=f"training iterations (default {DEMO_ITERS})")
-    p.add_argument("--minutes", type=float, default=8.5,
-                   help="training time limit (default 8.5)")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="training time limit (default 0: none, the iterations decide)")
     p.add_argument("--train", type=int, default=300, help="training images (default 300)")
     p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     p.add_argument("--size", type=int, default=192, help="image side (default 192)")

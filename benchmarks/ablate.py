@@ -316,6 +316,8 @@ def main() -> int:
     parser.add_argument("--nuclei", type=Path, default=Path("../shared/data/nuclei"),
                         help="folder of the nuclei set (--data nuclei)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="only the variants whose name is given (e.g. RoIPool 'RoIAlign avg')")
     parser.add_argument("--iters", type=int, help="iterations per run (default: shapes 500, "
                         "nuclei 400)")
     parser.add_argument("--size", type=int, help="image size (default: shapes 192, nuclei 384)")
@@ -325,6 +327,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--report", action="store_true", help="only write OUT/ablations.md")
     args = parser.parse_args()
+    known = {v.name for name in args.studies for v in STUDIES[name].variants}
+    if args.variants and set(args.variants) - known:
+        parser.error(f"--variants: {sorted(set(args.variants) - known)} not in studies "
+                     f"{' '.join(args.studies)} (their variants: {sorted(known)})")
     if not args.report:
         if args.data == "shapes":
             data = shapes_data(args.out / "data_shapes", args.size or 192)
@@ -338,6 +344,8 @@ def main() -> int:
             for seed in args.seeds:  # seed-major: every variant gets a first seed early
                 for name in args.studies:
                     for variant in STUDIES[name].variants:
+                        if args.variants and variant.name not in args.variants:
+                            continue
                         train_variant(data, variant, seed, iters, args.out, args.amp == "on")
         except TrainingInterrupted as stop:  # the run resumes when the command is run again
             print(f"\n{stop}; run the same command again to continue", file=sys.stderr)

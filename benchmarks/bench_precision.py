@@ -1,19 +1,25 @@
-"""fp32 against bf16 inference: accuracy (box and mask AP) on a dataset and speed, in one
-process, runs alternating.
+"""Inference precisions side by side (fp32, bf16, int8): accuracy (box and mask AP) on a
+dataset and speed, in one process, runs alternating.
 
-Dataset part (with --weights, --json, --images): for each backend (torch: our model after
-optimize_for_inference; openvino: the weights exported to a temporary IR) and precision,
-COCO box and mask AP of the whole set, then --runs passes over the first --images-timed
-images, precisions alternating image by image; median seconds per image.
+Dataset part (with --weights, --json, --images): our model after optimize_for_inference in
+fp32 and bf16 (torch), the weights exported to ONNX on ONNX Runtime (fp32) and OpenVINO
+(fp32, bf16), and with --calibrate DIR the int8 file of `maskrcnn quantize` (calibrated on
+images of DIR) on both runtimes. For each: COCO box and mask AP of the whole set, then
+--runs passes over the first --images-timed images, models alternating image by image;
+median seconds per image and the ratio to the first row.
 
 R50-FPN part (--r50): one 800x1216 image, the perturbed seeded weights of bench_model.py
-(~100 detections): fp32 eager (exact), fp32 optimize_for_inference, bf16 optimized (and
-the same model in OpenVINO f32 / bf16 with --r50-openvino); median of --runs, ratio to
-the first row, and the share of detections with a same-label twin of IoU > 0.99
-(matched) and > 0.9 (matched@0.9) in the exact model's output.
+(~100 detections): torchvision's own model (the ratio's base), fp32 eager (exact), fp32
+optimize_for_inference, bf16 optimized; with
+--r50-runtimes also the export on ONNX Runtime (fp32) and OpenVINO (f32, bf16) and the int8
+file (calibrated on 4 other random images) on both; median of --runs, ratio to torchvision's
+row, and the share of detections with a same-label twin of IoU > 0.99 (matched) and > 0.9
+(matched@0.9) in the exact model's output (random weights: near-ties, which any rounding
+reorders; the dataset part measures accuracy).
 
-    .venv/bin/python benchmarks/bench_precision.py --weights W --json val.json \\
-        --images images/ [--runs 3] [--backends torch openvino] [--r50 [--r50-openvino]]
+    .venv/bin/python benchmarks/bench_precision.py --weights W --json val.json \
+        --images images/ [--runs 3] [--backends torch onnxruntime openvino] \
+        [--calibrate train_images/] [--r50 [--r50-runtimes]]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from maskrcnn.engine.inference import evaluate_model
 from maskrcnn.engine.precision import PRECISIONS, bf16_supported
 from maskrcnn.engine.train_data import load_eval_dataset
 from maskrcnn.ops.boxes import box_iou
+from maskrcnn.structures import Detections
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_deploy import matched  # noqa: E402  (benchmarks/ is not a package)
@@ -47,29 +54,47 @@ def matched_at(ours, reference, threshold: float) -> float:
     return (iou.max(dim=1).values > threshold).float().mean().item()
 
 
-def dataset_models(weights: str, backends: list[str], folder: Path, threads: int):
-    """{(backend, precision): model}."""
-    models = {}
-    for backend in backends:
-        if backend == "torch":
-            for precision in PRECISIONS:
-                models[backend, precision] = maskrcnn.load_model(
-                    weights, precision=precision).optimize_for_inference()
-        else:
-            from maskrcnn.deploy import load_exported
+def dataset_models(args, folder: Path):
+    """{(backend, precision): model}: torch fp32 / bf16 (optimize_for_inference), the
+    export on ONNX Runtime (fp32) and OpenVINO (fp32, bf16), and with --calibrate the int8
+    file of `maskrcnn quantize` on both runtimes."""
+    from maskrcnn.deploy import load_exported
 
-            start = time.perf_counter()
-            xml = maskrcnn.export(maskrcnn.load_model(weights), folder / "model.xml",
-                                  "openvino")[0]
-            print(f"exported {weights} to OpenVINO IR in {time.perf_counter() - start:.0f} s")
-            for precision in PRECISIONS:
-                models[backend, precision] = load_exported(xml, threads=threads,
-                                                           precision=precision)
+    models, weights, threads = {}, args.weights, args.threads
+    if "torch" in args.backends:
+        for precision in PRECISIONS:
+            models["torch", precision] = maskrcnn.load_model(
+                weights, precision=precision).optimize_for_inference()
+    runtimes = [b for b in args.backends if b != "torch"]
+    if not runtimes:
+        return models
+    start = time.perf_counter()
+    onnx_path = maskrcnn.export(maskrcnn.load_model(weights), folder / "model.onnx")[0]
+    print(f"exported {weights} to ONNX in {time.perf_counter() - start:.0f} s")
+    int8_path = None
+    if args.calibrate:
+        from maskrcnn.commands.predict import find_images
+        from maskrcnn.commands.quantize import _spread
+        from maskrcnn.deploy.quantize import quantize
+
+        start = time.perf_counter()
+        paths = _spread(find_images([args.calibrate]), args.calibration_images)
+        int8_path = quantize(maskrcnn.load_model(weights),
+                             [maskrcnn.image_to_tensor(p) for p in paths],
+                             folder / "int8.onnx")[0]
+        print(f"quantized on {len(paths)} images in {time.perf_counter() - start:.0f} s")
+    for backend in runtimes:
+        precisions = ["fp32", "bf16"] if backend == "openvino" else ["fp32"]
+        for precision in precisions:
+            models[backend, precision] = load_exported(onnx_path, backend, threads=threads,
+                                                       precision=precision)
+        if int8_path is not None:
+            models[backend, "int8"] = load_exported(int8_path, backend, threads=threads)
     return models
 
 
 def run_dataset(args, folder: Path) -> None:
-    models = dataset_models(args.weights, args.backends, folder, args.threads)
+    models = dataset_models(args, folder)
     _, dataset = load_eval_dataset(args.json, args.images, masks=False, verbose=False)
     cfg = next(iter(models.values())).cfg
     metrics, detections = {}, {}
@@ -92,17 +117,16 @@ def run_dataset(args, folder: Path) -> None:
     print(f"{args.json}: {len(dataset)} images for AP, {len(images)} images x {args.runs} "
           f"runs timed (median s per image), {args.threads} threads, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'backend':10s} {'precision':9s} {'box AP':>7s} {'AP50':>6s} {'mask AP':>8s} "
+    print(f"{'backend':11s} {'precision':9s} {'box AP':>7s} {'AP50':>6s} {'mask AP':>8s} "
           f"{'AP50':>6s} {'dets':>6s} {'s/image':>8s} {'ratio':>6s}")
-    for backend in args.backends:
-        first = statistics.median(times[backend, "fp32"])
-        for precision in PRECISIONS:
-            m = metrics[backend, precision]
-            median = statistics.median(times[backend, precision])
-            ran = getattr(models[backend, precision], "precision", precision)
-            print(f"{backend:10s} {ran:9s} {m['bbox']['AP']:7.4f} {m['bbox']['AP50']:6.3f} "
-                  f"{m['segm']['AP']:8.4f} {m['segm']['AP50']:6.3f} "
-                  f"{detections[backend, precision]:6d} {median:8.4f} {median / first:6.3f}")
+    first = statistics.median(times[next(iter(models))])
+    for (backend, precision), model in models.items():
+        m = metrics[backend, precision]
+        median = statistics.median(times[backend, precision])
+        ran = getattr(model, "precision", precision)
+        print(f"{backend:11s} {ran:9s} {m['bbox']['AP']:7.4f} {m['bbox']['AP50']:6.3f} "
+              f"{m['segm']['AP']:8.4f} {m['segm']['AP50']:6.3f} "
+              f"{detections[backend, precision]:6d} {median:8.4f} {median / first:6.3f}")
 
 
 def _first_images(json_path: str, images_dir: str, count: int):
@@ -130,19 +154,13 @@ def run_r50(args, folder: Path) -> None:
 
     set_precision(bf16, "bf16")
     rows = {
+        "torchvision eager fp32": lambda: Detections(**tv_model(images)[0]),
         "fp32 eager (exact)": lambda: exact.predict(images)[0],
         "fp32 optimize_for_inference": lambda: fast.predict(images)[0],
         f"{bf16.precision} optimize_for_inference": lambda: bf16.predict(images)[0],
     }
-    if args.r50_openvino:
-        from maskrcnn.deploy import load_exported
-
-        start = time.perf_counter()
-        xml = maskrcnn.export(exact, folder / "r50.xml", "openvino")[0]
-        print(f"R50-FPN exported to OpenVINO IR in {time.perf_counter() - start:.0f} s")
-        for precision in PRECISIONS:
-            model = load_exported(xml, threads=args.threads, precision=precision)
-            rows[f"OpenVINO {model.precision}"] = lambda model=model: model.predict(images)[0]
+    if args.r50_runtimes:
+        rows.update(r50_runtime_rows(exact, images, folder, args.threads))
     times = {row: [] for row in rows}
     outputs = {}
     with torch.no_grad():
@@ -154,7 +172,7 @@ def run_r50(args, folder: Path) -> None:
                 outputs[row] = fn()
                 times[row].append(time.perf_counter() - start)
     reference = outputs["fp32 eager (exact)"]
-    first = statistics.median(times["fp32 eager (exact)"])
+    first = statistics.median(times["torchvision eager fp32"])
     print(f"R50-FPN at 800x1216, batch 1, {len(reference)} detections, {args.runs} runs "
           f"alternating, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
     print(f"{'model':32s} {'median s':>9s} {'ratio':>6s} {'matched':>8s} {'@0.9':>6s}  runs")
@@ -165,19 +183,46 @@ def run_r50(args, folder: Path) -> None:
               f"{matched_at(out, reference, 0.9):6.1%}  " + ", ".join(f"{t:.2f}" for t in runs))
 
 
+def r50_runtime_rows(exact, images, folder: Path, threads: int) -> dict:
+    """The R50-FPN exported: ONNX Runtime fp32, OpenVINO f32 / bf16, int8 on both."""
+    from maskrcnn.deploy import load_exported
+    from maskrcnn.deploy.quantize import quantize
+    from maskrcnn.testing import smooth_random_images
+
+    start = time.perf_counter()
+    onnx_path = maskrcnn.export(exact, folder / "r50.onnx")[0]
+    calibration = smooth_random_images([(800, 1216), (800, 1216), (640, 960), (720, 1100)],
+                                       seed=5)
+    int8_path = quantize(exact, calibration, folder / "r50_int8.onnx")[0]
+    print(f"R50-FPN exported and quantized in {time.perf_counter() - start:.0f} s")
+    models = {"ONNX Runtime fp32": load_exported(onnx_path, "onnxruntime", threads=threads)}
+    for precision in PRECISIONS:
+        model = load_exported(onnx_path, "openvino", threads=threads, precision=precision)
+        models[f"OpenVINO {model.precision}"] = model
+    models["ONNX Runtime int8"] = load_exported(int8_path, "onnxruntime", threads=threads)
+    models["OpenVINO int8"] = load_exported(int8_path, "openvino", threads=threads)
+    return {row: (lambda model=model: model.predict(images)[0]) for row, model in
+            models.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights to evaluate (with --json, --images)")
     parser.add_argument("--json", help="COCO json of the evaluation set")
     parser.add_argument("--images", help="folder of its images")
     parser.add_argument("--backends", nargs="+", default=["torch"],
-                        choices=["torch", "openvino"])
+                        choices=["torch", "onnxruntime", "openvino"])
+    parser.add_argument("--calibrate", metavar="DIR",
+                        help="also the int8 file quantized on images of DIR (the training "
+                             "images: calibration must not see the evaluation set)")
+    parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images-timed", type=int, default=10,
                         help="images of the set timed per run (default 10)")
     parser.add_argument("--r50", action="store_true", help="also the R50-FPN speed rows")
-    parser.add_argument("--r50-openvino", action="store_true",
-                        help="with --r50: also the R50-FPN in OpenVINO f32 and bf16")
+    parser.add_argument("--r50-runtimes", action="store_true",
+                        help="with --r50: also the R50-FPN on ONNX Runtime and OpenVINO, "
+                             "fp32, bf16 and int8")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if not args.weights and not args.r50:

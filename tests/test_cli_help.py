@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "eval", "predict", "export", "shapes", "demo"]
+COMMANDS = ["train", "eval", "predict", "export", "quantize", "shapes", "demo"]
 
 
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])

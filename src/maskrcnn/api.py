@@ -85,16 +85,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def export(model: MaskRCNN, path: str | os.PathLike, format: str = "onnx", *,
-           opset: int | None = None, mask_output: str = "pasted",
+           opset: int | None = None, mask_output: str | None = None,
            precision: str = "fp32") -> list[Path]:
     """Export the whole model to ONNX (`path` .onnx) or OpenVINO IR (`path` .xml + .bin).
 
     mask_output "pasted" gives bool masks at the input size; "probs" the [N, 28, 28]
-    probabilities of each detection's class, pasted by the predictor. precision "bf16"
-    (OpenVINO only): the file runs in bfloat16 by default (metadata `maskrcnn.precision`;
-    the weights stay float32, load_model(path, precision="fp32") still runs it exactly);
-    refused for ONNX, whose Conv has no bfloat16. Returns the files written. See
-    docs/deploy.md for the graph's inputs and outputs."""
+    probabilities of each detection's class, pasted by the predictor; None (default):
+    "pasted", or "probs" for a model that pastes as detectron2 (roi_heads.mask_paste).
+    precision "bf16" (OpenVINO only): the file runs in bfloat16 by default (metadata
+    `maskrcnn.precision`; the weights stay float32, load_model(path, precision="fp32")
+    still runs it exactly); refused for ONNX, whose Conv has no bfloat16. Returns the files
+    written. See docs/deploy.md for the graph's inputs and outputs."""
     from .deploy import export as export_model
     from .deploy.metadata import ExportError
     from .engine.precision import check_precision

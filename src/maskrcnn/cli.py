@@ -370,6 +370,7 @@ def _add_small_parsers(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .commands import export as export_command
     from .commands import predict as predict_command
+    from .commands import quantize as quantize_command
 
     parser = argparse.ArgumentParser(
         prog="maskrcnn", description="Mask R-CNN: train, evaluate and predict.",
@@ -382,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict_command.add_parser(commands)
     export_command.add_parser(commands)
+    quantize_command.add_parser(commands)
     return parser
 
 

@@ -119,6 +119,10 @@ class RoIHeadsConfig:
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    # full-image masks (modeling/transform.py): "torchvision" (the padded mask resized to the
+    # integer box, prob > mask_threshold: ops/mask_paste.py) or "detectron2" (grid_sample
+    # over the float box, prob >= mask_threshold: ops/mask_paste_grid.py)
+    mask_paste: str = "torchvision"
     binarize_mask_targets: bool = False  # detectron2 thresholds the RoIAligned targets at 0.5
 
 
@@ -187,7 +191,8 @@ def _paper_c4(depth: int = 50) -> ModelConfig:
 
 def _detectron2_r50_fpn() -> ModelConfig:
     """detectron2 mask_rcnn_R_50_FPN settings: BGR 0-255, aligned RoIAlign, adaptive
-    sampling, L1 box losses, 1000 post-NMS proposals in training, 80 classes."""
+    sampling, L1 box losses, 1000 post-NMS proposals in training, 80 classes, detectron2's
+    mask pasting."""
     cfg = ModelConfig()
     cfg.input = InputConfig(
         min_size_train=(640, 672, 704, 736, 768, 800),
@@ -203,6 +208,7 @@ def _detectron2_r50_fpn() -> ModelConfig:
     cfg.roi_heads.sampling_ratio = 0
     cfg.roi_heads.smooth_l1_beta = 0.0
     cfg.roi_heads.binarize_mask_targets = True
+    cfg.roi_heads.mask_paste = "detectron2"
     cfg.anchors.round_cell_anchors = False
     cfg.anchors.strides_from_grid = False
     cfg.backbone.stride_in_1x1 = True  # MSRA ImageNet bodies (RESNETS.STRIDE_IN_1X1)

@@ -24,6 +24,9 @@ def deploy_config(name: str, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS)
         cfg.roi_heads.mask_head_channels = 64
     cfg.input.min_size_test = 128
     cfg.input.max_size = 192
+    # the graph's own pasting is torchvision's: tested here on every preset (a model that
+    # pastes as detectron2 exports its probabilities: test_mask_paste_export.py)
+    cfg.roi_heads.mask_paste = "torchvision"
     cfg.roi_heads.num_classes = len(class_names)
     cfg.class_names = tuple(class_names)
     cfg.category_ids = tuple(category_ids)

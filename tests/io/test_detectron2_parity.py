@@ -90,15 +90,15 @@ def test_detections_match_detectron2(run):
     assert_close(det.masks, torch.from_numpy(expected["mask_probs"]), rtol=0, atol=1e-4)
 
 
-def test_pasted_masks_are_close_not_equal(run):
-    """Mask pasting is torchvision's here, detectron2's grid_sample there (a known, listed
-    difference): the same objects, edges differ by about a pixel."""
-    *_, pasted, expected = run
+def test_pasted_masks_equal_detectron2s(run):
+    """A detectron2 file pastes as detectron2 does (roi_heads.mask_paste: detectron2,
+    grid_sample over the float box, prob >= 0.5): measured, every pixel of all 100 masks
+    equal (torchvision's pasting: 13144 pixels differ, mean IoU 0.943, min 0.873)."""
+    model, *_, pasted, expected = run
+    assert model.cfg.roi_heads.mask_paste == "detectron2"
     width = pasted.masks.shape[-1]
     theirs = np.unpackbits(expected["pasted_masks"], axis=-1)[..., :width].astype(bool)
     theirs = torch.from_numpy(theirs)
-    assert pasted.masks.shape == theirs.shape
+    assert pasted.masks.shape == theirs.shape and theirs.any(2).any(1).all()
     assert_close(pasted.boxes, torch.from_numpy(expected["pasted_boxes"]), rtol=0, atol=1e-3)
-    inter = (pasted.masks & theirs).flatten(1).sum(1).float()
-    union = (pasted.masks | theirs).flatten(1).sum(1).float().clamp(min=1)
-    assert (inter / union).mean() > 0.9
+    assert torch.equal(pasted.masks, theirs)

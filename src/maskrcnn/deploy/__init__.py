@@ -17,7 +17,7 @@ __all__ = ["BACKENDS", "ExportedModel", "MissingExtraError", "backend_for", "exp
 
 
 def export(model, path: str | os.PathLike, format: str = "onnx", *, opset: int | None = None,
-           mask_output: str = "pasted") -> list[Path]:
+           mask_output: str | None = None) -> list[Path]:
     """Export `model` (a MaskRCNN) as `format` ("onnx" or "openvino") to `path`; returns the
     files written. See maskrcnn.deploy.exporter."""
     try:

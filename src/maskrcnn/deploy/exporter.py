@@ -30,7 +30,7 @@ DEFAULT_OPSET = 18
 OPSETS = range(16, 22)
 
 
-def check_exportable(model: MaskRCNN, opset: int) -> None:
+def check_exportable(model: MaskRCNN, opset: int, mask_output: str = "pasted") -> None:
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is not supported: choose {OPSETS.start}.."
                           f"{OPSETS.stop - 1} (RoiAlign with half_pixel needs 16)")
@@ -46,12 +46,28 @@ def check_exportable(model: MaskRCNN, opset: int) -> None:
         if getattr(pooler, "reduction", "avg") != "avg":
             raise ExportError("max RoIAlign cannot be exported: ONNX Runtime's and OpenVINO's "
                               "max mode do not compute a max of the bilinear samples")
+    paste = model.cfg.roi_heads.mask_paste
+    if paste != "torchvision" and mask_output == "pasted":
+        raise ExportError(f"roi_heads.mask_paste {paste} cannot be exported with pasted masks "
+                          "(the exported graph pastes as torchvision does): export with "
+                          "--mask-output probs, pasted by the predictor as the model pastes, "
+                          "or set roi_heads.mask_paste: torchvision")
 
 
-def build_onnx(model: MaskRCNN, opset: int = DEFAULT_OPSET, mask_output: str = "pasted",
+def default_mask_output(model: MaskRCNN, mask_output: str | None) -> str:
+    """`mask_output`, or when None: "pasted" (in the graph), or "probs" for a model that
+    pastes as detectron2 does (the predictor pastes them the model's way)."""
+    if mask_output is not None:
+        return mask_output
+    return "pasted" if model.cfg.roi_heads.mask_paste == "torchvision" else "probs"
+
+
+def build_onnx(model: MaskRCNN, opset: int = DEFAULT_OPSET, mask_output: str | None = None,
                package_version: str = "") -> onnx.ModelProto:
-    """The whole model (pre-processing to pasted masks) as one ONNX model."""
-    check_exportable(model, opset)
+    """The whole model (pre-processing to pasted masks, or mask probabilities) as one ONNX
+    model."""
+    mask_output = default_mask_output(model, mask_output)
+    check_exportable(model, opset, mask_output)
     info = info_for(model.cfg, mask_output)
     networks = export_networks(model, opset)
     g = GraphBuilder(opset)
@@ -134,7 +150,7 @@ def _glue(g: GraphBuilder, model: MaskRCNN, info: ExportInfo) -> list[onnx.Value
 
 
 def export(model: MaskRCNN, path: str | os.PathLike, format: str = "onnx", *,
-           opset: int = DEFAULT_OPSET, mask_output: str = "pasted") -> list[Path]:
+           opset: int = DEFAULT_OPSET, mask_output: str | None = None) -> list[Path]:
     """Write the model as `format` ("onnx": one .onnx file; "openvino": .xml + .bin) and
     return the files written. The model is not changed."""
     from .. import __version__

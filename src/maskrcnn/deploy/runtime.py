@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..io.weights import WeightsError
-from ..ops.mask_paste import paste_masks, paste_masks_thresholded
+from ..ops.mask_paste_grid import paste_masks_as
 from ..structures import Detections
 from .metadata import MAX_SIDE, ExportInfo, from_strings
 
@@ -107,11 +107,10 @@ class ExportedModel:
         height, width = int(size[0]), int(size[1])
         if self.info.mask_output == "pasted":
             det.masks = masks[:, :height, :width].contiguous()
-        elif soft_masks:
-            det.masks = paste_masks(masks, boxes, (height, width))
-        else:
-            det.masks = paste_masks_thresholded(masks, boxes, (height, width),
-                                                self.cfg.roi_heads.mask_threshold)
+        else:  # probabilities: pasted here, as the model's roi_heads.mask_paste says
+            heads = self.cfg.roi_heads
+            det.masks = paste_masks_as(heads.mask_paste, masks, boxes, (height, width),
+                                       None if soft_masks else heads.mask_threshold)
         return det
 
     def __repr__(self) -> str:
@@ -165,6 +164,7 @@ class OnnxRuntimeModel(ExportedModel):
                 from None
         metadata = self.session.get_modelmeta().custom_metadata_map
         super().__init__(path, from_strings(metadata, path))
+        self.precision = _file_precision(metadata, path, precision)  # fp32 or int8
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,8 +172,8 @@ class OnnxRuntimeModel(ExportedModel):
 
 
 class OpenVINOModel(ExportedModel):
-    """An exported model run by OpenVINO (CPU, float32): the IR pair (.xml + .bin) or the
-    .onnx file itself."""
+    """An exported model run by OpenVINO (CPU; float32, bfloat16 or int8): the IR pair
+    (.xml + .bin) or the .onnx file itself."""
 
     backend = "openvino"
 
@@ -197,9 +197,13 @@ class OpenVINOModel(ExportedModel):
             raise WeightsError(f"{path}: the openvino backend runs on the CPU (--device cpu)")
         from ..engine.precision import resolve_precision
 
-        self.precision = resolve_precision(precision or _file_precision(metadata, path))
-        # always explicit: the CPU plugin would pick bfloat16 on CPUs that have it
-        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[self.precision]}
+        self.precision = _file_precision(metadata, path, precision)
+        if self.precision != "int8":
+            self.precision = resolve_precision(self.precision)
+        # always explicit: the CPU plugin would pick bfloat16 on CPUs that have it; an int8
+        # file computes its quantized layers in int8 and the rest in float32
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[self.precision]
+        config = {"INFERENCE_PRECISION_HINT": hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
@@ -232,18 +236,24 @@ def _openvino_metadata(model) -> dict[str, str]:
 PRECISION_KEY = "maskrcnn.precision"
 
 
-def _file_precision(metadata: dict[str, str], path: object) -> str:
-    """The precision an exported file asks for (`export --precision`); fp32 if none."""
-    from ..engine.precision import PRECISIONS
+FILE_PRECISIONS = ("fp32", "bf16", "int8")  # int8: written by `maskrcnn quantize`
 
+
+def _file_precision(metadata: dict[str, str], path: object,
+                    requested: str | None = None) -> str:
+    """The precision an exported file runs in: `requested` if given, else the file's own
+    (`export --precision`, `quantize`), fp32 if it names none. An int8 file runs as int8."""
     try:
         precision = json.loads(metadata.get(PRECISION_KEY, '"fp32"'))
     except ValueError:
         precision = None
-    if precision not in PRECISIONS:
+    if precision not in FILE_PRECISIONS:
         raise WeightsError(f"{path}: unknown precision {metadata[PRECISION_KEY]} in the "
-                           f"metadata (this maskrcnn knows {', '.join(PRECISIONS)})")
-    return precision
+                           f"metadata (this maskrcnn knows {', '.join(FILE_PRECISIONS)})")
+    if precision == "int8" and requested not in (None, "int8"):
+        raise WeightsError(f"{path}: an int8 model (maskrcnn quantize) runs in int8; "
+                           f"--precision {requested} needs the float weights it came from")
+    return requested or precision
 
 
 def set_file_precision(xml: str | os.PathLike, precision: str) -> None:

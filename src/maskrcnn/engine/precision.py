@@ -31,7 +31,8 @@ def check_precision(precision: str) -> str:
     """`precision` if it is one of PRECISIONS, else ValueError with the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of "
-                         f"{', '.join(PRECISIONS)}")
+                         f"{', '.join(PRECISIONS)} (int8: `maskrcnn quantize` writes an int8 "
+                         "model file)")
     return precision
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..ops.mask_paste_grid import check_mask_paste
 from ..structures import Detections, Targets
 from .backbone import build_backbone, build_res5, fold_frozen_batchnorm
 from .res5_heads import Res5RoIHeads
@@ -34,6 +35,7 @@ class MaskRCNN(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        check_mask_paste(cfg.roi_heads.mask_paste)  # read at each predict (transform.py)
         self.transform = InputTransform(cfg.input)
         self.backbone = build_backbone(cfg.backbone)
         strides = self.backbone.strides
@@ -126,6 +128,7 @@ class MaskRCNN(nn.Module):
             original_sizes,
             self.cfg.roi_heads.mask_threshold,
             soft_masks=soft_masks,
+            mask_paste=self.cfg.roi_heads.mask_paste,
         )
 
 

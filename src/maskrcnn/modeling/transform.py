@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import InputConfig
-from ..ops.mask_paste import paste_masks, paste_masks_thresholded
+from ..ops.mask_paste_grid import paste_masks_as
 from ..structures import Detections, ImageList, Targets
 
 
@@ -90,17 +90,15 @@ class InputTransform(nn.Module):
         original_sizes: Sequence[tuple[int, int]],
         mask_threshold: float,
         soft_masks: bool = False,
+        mask_paste: str = "torchvision",
     ) -> list[Detections]:
-        """Boxes to original pixels; [D, M, M] mask probabilities pasted to [D, H, W]."""
+        """Boxes to original pixels; [D, M, M] mask probabilities pasted to [D, H, W] as
+        mask_paste (roi_heads.mask_paste: "torchvision" or "detectron2") says."""
         for det, size, original in zip(detections, image_sizes, original_sizes):
             det.boxes = resize_boxes(det.boxes, size, original)
             if det.masks is not None:
-                if soft_masks:
-                    det.masks = paste_masks(det.masks, det.boxes, original)
-                else:
-                    det.masks = paste_masks_thresholded(
-                        det.masks, det.boxes, original, mask_threshold
-                    )
+                det.masks = paste_masks_as(mask_paste, det.masks, det.boxes, original,
+                                           None if soft_masks else mask_threshold)
         return detections
 
 

@@ -264,7 +264,8 @@ def report(out: Path) -> str:
                         cells.append("-")
                         continue
                     mean, std = _mean_std([100 * r[f"{t}_{m}"] for r in results])
-                    cells.append(f"{mean:.1f} ± {std:.1f}")
+                    cells.append(f"{mean:.1f} ± {std:.1f}" if len(results) > 1
+                                 else f"{mean:.1f}")  # one seed: no spread to show
                 paper = "/".join(f"{p:.1f}" if p else "-" for p in variant.paper or ()) or "-"
                 lines.append(f"| {variant.name} | {_seeds(results)} | "
                              + " | ".join(cells) + f" | {paper} |")

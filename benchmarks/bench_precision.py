@@ -8,18 +8,20 @@ images of DIR) on both runtimes. For each: COCO box and mask AP of the whole set
 --runs passes over the first --images-timed images, models alternating image by image;
 median seconds per image and the ratio to the first row.
 
-R50-FPN part (--r50): one 800x1216 image, the perturbed seeded weights of bench_model.py
-(~100 detections): torchvision's own model (the ratio's base), fp32 eager (exact), fp32
-optimize_for_inference, bf16 optimized; with
---r50-runtimes also the export on ONNX Runtime (fp32) and OpenVINO (f32, bf16) and the int8
-file (calibrated on 4 other random images) on both; median of --runs, ratio to torchvision's
-row, and the share of detections with a same-label twin of IoU > 0.99 (matched) and > 0.9
-(matched@0.9) in the exact model's output (random weights: near-ties, which any rounding
-reorders; the dataset part measures accuracy).
+Speed part (--speed r50 small): the R50-FPN at 800x1216 with the perturbed seeded
+weights of bench_model.py (~100 detections), torchvision's own model beside it (the
+ratio's base), and the small preset at 384x512 (random weights spread as in the deploy
+tests; ratio to ours exact): fp32 eager (exact), fp32 optimize_for_inference, bf16
+optimized; with --runtimes also the export on ONNX Runtime (fp32) and OpenVINO (f32, bf16)
+and the int8 file (calibrated on 4 other random images) on both. --batch N: N images per
+call (img/s is the throughput). Median of --runs, and the share of the first image's
+detections with a same-label twin of IoU > 0.99 (matched) and > 0.9 (@0.9) in the exact
+model's output (random weights: near-ties, which any rounding reorders; the dataset part
+measures accuracy). Peak memory: benchmarks/bench_memory.py (a process per job).
 
     .venv/bin/python benchmarks/bench_precision.py --weights W --json val.json \
         --images images/ [--runs 3] [--backends torch onnxruntime openvino] \
-        [--calibrate train_images/] [--r50 [--r50-runtimes]]
+        [--calibrate train_images/] [--speed r50 small [--runtimes] [--batch 8]]
 """
 
 from __future__ import annotations
@@ -137,30 +139,52 @@ def _first_images(json_path: str, images_dir: str, count: int):
     return [maskrcnn.image_to_tensor(Path(images_dir) / info["file_name"]) for info in infos]
 
 
-def run_r50(args, folder: Path) -> None:
+def speed_models(name: str, batch: int):
+    """(images, exact model, torchvision's model or None) for the speed part: the R50-FPN
+    at 800x1216 with the perturbed seeded weights of bench_model.py (torchvision's own model
+    beside it), or the small preset at its test size (384x512) with spread random weights."""
     from maskrcnn.testing import (
         our_copy,
         perturbed_torchvision_maskrcnn,
         smooth_random_images,
+        spread_scores,
         torchvision_config,
     )
 
-    images = smooth_random_images([(800, 1216)])
-    tv_model = perturbed_torchvision_maskrcnn(images)
-    exact = our_copy(tv_model, torchvision_config()).eval()
-    fast = our_copy(tv_model, torchvision_config()).optimize_for_inference()
-    bf16 = our_copy(tv_model, torchvision_config()).optimize_for_inference()
+    if name == "r50":
+        first = smooth_random_images([(800, 1216)])
+        tv_model = perturbed_torchvision_maskrcnn(first)
+        images = first + smooth_random_images([(800, 1216)] * (batch - 1), seed=7)
+        return images, our_copy(tv_model, torchvision_config()).eval(), tv_model
+    from maskrcnn.config import preset
+    from maskrcnn.modeling import build_model
+
+    torch.manual_seed(0)
+    images = smooth_random_images([(384, 512)] * batch)
+    return images, spread_scores(build_model(preset("small")).eval()), None
+
+
+def run_speed(args, name: str, folder: Path) -> None:
+    images, exact, tv_model = speed_models(name, args.batch)
+
+    def copy():
+        model = maskrcnn.modeling.build_model(exact.cfg)
+        model.load_state_dict(exact.state_dict())
+        return model.optimize_for_inference()
+
+    fast, bf16 = copy(), copy()
     from maskrcnn.engine.precision import set_precision
 
     set_precision(bf16, "bf16")
-    rows = {
-        "torchvision eager fp32": lambda: Detections(**tv_model(images)[0]),
+    rows = {"torchvision eager fp32": lambda: Detections(**tv_model(images)[0])} if tv_model \
+        else {}
+    rows.update({
         "fp32 eager (exact)": lambda: exact.predict(images)[0],
         "fp32 optimize_for_inference": lambda: fast.predict(images)[0],
         f"{bf16.precision} optimize_for_inference": lambda: bf16.predict(images)[0],
-    }
-    if args.r50_runtimes:
-        rows.update(r50_runtime_rows(exact, images, folder, args.threads))
+    })
+    if args.runtimes:
+        rows.update(runtime_rows(name, exact, images, folder, args.threads))
     times = {row: [] for row in rows}
     outputs = {}
     with torch.no_grad():
@@ -169,32 +193,37 @@ def run_r50(args, folder: Path) -> None:
         for _ in range(args.runs):
             for row, fn in rows.items():
                 start = time.perf_counter()
-                outputs[row] = fn()
+                outputs[row] = fn()  # the first image's detections
                 times[row].append(time.perf_counter() - start)
     reference = outputs["fp32 eager (exact)"]
-    first = statistics.median(times["torchvision eager fp32"])
-    print(f"R50-FPN at 800x1216, batch 1, {len(reference)} detections, {args.runs} runs "
-          f"alternating, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'model':32s} {'median s':>9s} {'ratio':>6s} {'matched':>8s} {'@0.9':>6s}  runs")
+    first = statistics.median(next(iter(times.values())))
+    height, width = images[0].shape[1:]
+    print(f"{name} at {height}x{width}, batch {len(images)}, {len(reference)} detections, "
+          f"{args.runs} runs alternating, {args.threads} threads, load average "
+          f"{os.getloadavg()[0]:.1f}; ratio to the first row")
+    print(f"{'model':32s} {'median s':>9s} {'img/s':>6s} {'ratio':>6s} {'matched':>8s} "
+          f"{'@0.9':>6s}  runs")
     for row, runs in times.items():
         median = statistics.median(runs)
         out = outputs[row]
-        print(f"{row:32s} {median:9.3f} {median / first:6.3f} {matched(out, reference):8.1%} "
-              f"{matched_at(out, reference, 0.9):6.1%}  " + ", ".join(f"{t:.2f}" for t in runs))
+        print(f"{row:32s} {median:9.3f} {len(images) / median:6.2f} {median / first:6.3f} "
+              f"{matched(out, reference):8.1%} {matched_at(out, reference, 0.9):6.1%}  "
+              + ", ".join(f"{t:.2f}" for t in runs))
 
 
-def r50_runtime_rows(exact, images, folder: Path, threads: int) -> dict:
-    """The R50-FPN exported: ONNX Runtime fp32, OpenVINO f32 / bf16, int8 on both."""
+def runtime_rows(name: str, exact, images, folder: Path, threads: int) -> dict:
+    """The model exported: ONNX Runtime fp32, OpenVINO f32 / bf16, int8 on both (calibrated
+    on 4 other random images of the model's test size)."""
     from maskrcnn.deploy import load_exported
     from maskrcnn.deploy.quantize import quantize
     from maskrcnn.testing import smooth_random_images
 
     start = time.perf_counter()
-    onnx_path = maskrcnn.export(exact, folder / "r50.onnx")[0]
-    calibration = smooth_random_images([(800, 1216), (800, 1216), (640, 960), (720, 1100)],
-                                       seed=5)
-    int8_path = quantize(exact, calibration, folder / "r50_int8.onnx")[0]
-    print(f"R50-FPN exported and quantized in {time.perf_counter() - start:.0f} s")
+    onnx_path = maskrcnn.export(exact, folder / f"{name}.onnx")[0]
+    height, width = images[0].shape[1:]
+    calibration = smooth_random_images([(height, width)] * 4, seed=5)
+    int8_path = quantize(exact, calibration, folder / f"{name}_int8.onnx")[0]
+    print(f"{name} exported and quantized in {time.perf_counter() - start:.0f} s")
     models = {"ONNX Runtime fp32": load_exported(onnx_path, "onnxruntime", threads=threads)}
     for precision in PRECISIONS:
         model = load_exported(onnx_path, "openvino", threads=threads, precision=precision)
@@ -219,14 +248,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images-timed", type=int, default=10,
                         help="images of the set timed per run (default 10)")
-    parser.add_argument("--r50", action="store_true", help="also the R50-FPN speed rows")
-    parser.add_argument("--r50-runtimes", action="store_true",
-                        help="with --r50: also the R50-FPN on ONNX Runtime and OpenVINO, "
+    parser.add_argument("--speed", nargs="+", choices=["r50", "small"], default=[],
+                        help="the speed part for these models (R50-FPN at 800x1216, small "
+                             "preset at 384x512)")
+    parser.add_argument("--r50", action="store_true", help="the same as --speed r50")
+    parser.add_argument("--runtimes", "--r50-runtimes", action="store_true",
+                        help="with --speed: also the export on ONNX Runtime and OpenVINO, "
                              "fp32, bf16 and int8")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="with --speed: images per call (throughput: img/s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not args.weights and not args.r50:
-        parser.error("give --weights/--json/--images, or --r50")
+    if args.r50 and "r50" not in args.speed:
+        args.speed.append("r50")
+    if not args.weights and not args.speed:
+        parser.error("give --weights/--json/--images, or --speed")
     if args.weights and not (args.json and args.images):
         parser.error("--weights needs --json and --images")
     torch.set_num_threads(args.threads)
@@ -234,8 +270,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         if args.weights:
             run_dataset(args, Path(folder))
-        if args.r50:
-            run_r50(args, Path(folder))
+        for name in args.speed:
+            run_speed(args, name, Path(folder))
 
 
 if __name__ == "__main__":

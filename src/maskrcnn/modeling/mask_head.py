@@ -54,12 +54,11 @@ class MaskHeadBase(nn.Module):
 
     def inference(self, mask_logits: Tensor, labels: Tensor) -> Tensor:
         """Probabilities of each detection's predicted class: [D, K, M, M] -> [D, M, M]."""
-        if self.mask_loss == "softmax":
-            probs = mask_logits.softmax(dim=1)
-        else:
-            probs = mask_logits.sigmoid()
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        if self.mask_loss == "softmax":  # over all K channels, then the predicted class's
+            return mask_logits.softmax(dim=1)[rows, labels]
         channel = torch.zeros_like(labels) if self.class_agnostic else labels
-        return probs[torch.arange(labels.shape[0], device=labels.device), channel]
+        return mask_logits[rows, channel].sigmoid()  # only the channel used: [D, M, M]
 
 
 class MaskHead(MaskHeadBase):

@@ -123,7 +123,7 @@ class DataSet:
 
 
 def shapes_data(root: Path, size: int) -> DataSet:
-    """The synthetic shapes (3 classes), written once under root."""
+    """The synthetic shapes (4 classes), written once under root."""
     from maskrcnn.data.shapes import write_shapes_dataset
 
     params = {"num_train": 200, "num_val": 100, "image_size": size, "seed": 0}

@@ -36,13 +36,13 @@ from maskrcnn.testing import (
 )
 
 
-def matched(ours, reference) -> float:
-    """Share of `ours` detections with a same-label twin of IoU > 0.99 in `reference`."""
+def matched(ours, reference, threshold: float = 0.99) -> float:
+    """Share of `ours` detections with a same-label twin of IoU > threshold in `reference`."""
     if len(ours) == 0 or len(reference) == 0:
         return float(len(ours) == len(reference))
     iou = box_iou(ours.boxes, reference.boxes)
     iou[ours.labels[:, None] != reference.labels[None, :]] = 0
-    return (iou.max(dim=1).values > 0.99).float().mean().item()
+    return (iou.max(dim=1).values > threshold).float().mean().item()
 
 
 def contenders(name: str, folder: Path, threads: int):

@@ -27,6 +27,7 @@ measures accuracy). Peak memory: benchmarks/bench_memory.py (a process per job).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -40,20 +41,10 @@ import maskrcnn
 from maskrcnn.engine.inference import evaluate_model
 from maskrcnn.engine.precision import PRECISIONS, bf16_supported
 from maskrcnn.engine.train_data import load_eval_dataset
-from maskrcnn.ops.boxes import box_iou
 from maskrcnn.structures import Detections
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_deploy import matched  # noqa: E402  (benchmarks/ is not a package)
-
-
-def matched_at(ours, reference, threshold: float) -> float:
-    """Share of `ours` with a same-label twin of IoU > threshold in `reference`."""
-    if len(ours) == 0 or len(reference) == 0:
-        return float(len(ours) == len(reference))
-    iou = box_iou(ours.boxes, reference.boxes)
-    iou[ours.labels[:, None] != reference.labels[None, :]] = 0
-    return (iou.max(dim=1).values > threshold).float().mean().item()
 
 
 def dataset_models(args, folder: Path):
@@ -167,12 +158,7 @@ def speed_models(name: str, batch: int):
 def run_speed(args, name: str, folder: Path) -> None:
     images, exact, tv_model = speed_models(name, args.batch)
 
-    def copy():
-        model = maskrcnn.modeling.build_model(exact.cfg)
-        model.load_state_dict(exact.state_dict())
-        return model.optimize_for_inference()
-
-    fast, bf16 = copy(), copy()
+    fast, bf16 = (copy.deepcopy(exact).optimize_for_inference() for _ in range(2))
     from maskrcnn.engine.precision import set_precision
 
     set_precision(bf16, "bf16")
@@ -207,7 +193,7 @@ def run_speed(args, name: str, folder: Path) -> None:
         median = statistics.median(runs)
         out = outputs[row]
         print(f"{row:32s} {median:9.3f} {len(images) / median:6.2f} {median / first:6.3f} "
-              f"{matched(out, reference):8.1%} {matched_at(out, reference, 0.9):6.1%}  "
+              f"{matched(out, reference):8.1%} {matched(out, reference, 0.9):6.1%}  "
               + ", ".join(f"{t:.2f}" for t in runs))
 
 
@@ -251,16 +237,13 @@ def main() -> None:
     parser.add_argument("--speed", nargs="+", choices=["r50", "small"], default=[],
                         help="the speed part for these models (R50-FPN at 800x1216, small "
                              "preset at 384x512)")
-    parser.add_argument("--r50", action="store_true", help="the same as --speed r50")
-    parser.add_argument("--runtimes", "--r50-runtimes", action="store_true",
+    parser.add_argument("--runtimes", action="store_true",
                         help="with --speed: also the export on ONNX Runtime and OpenVINO, "
                              "fp32, bf16 and int8")
     parser.add_argument("--batch", type=int, default=1,
                         help="with --speed: images per call (throughput: img/s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.r50 and "r50" not in args.speed:
-        args.speed.append("r50")
     if not args.weights and not args.speed:
         parser.error("give --weights/--json/--images, or --speed")
     if args.weights and not (args.json and args.images):

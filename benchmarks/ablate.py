@@ -7,9 +7,11 @@ a table (mean and standard deviation over the seeds) and a bar plot beside the p
         --nuclei ../shared/data/nuclei
     .venv/bin/python benchmarks/ablate.py --report          # tables + plots of what is done
 
-Every run lives in OUT/<data>/<variant>/seed<k>/ (OUT: runs/ablations). A run with a
-result.json is done and skipped; one with checkpoints resumes from the last one, so an
-interrupted study continues where it stopped (checkpoints every 100 iterations). Runs are
+Every run lives in OUT/<data>/<variant>/seed<k>/ (OUT: runs/ablations); its result is also
+written to docs/ablations/results/<data>/<variant>/seed<k>.json, which is committed: a run
+with a result in either place is done and skipped (a fresh clone does not redo it), one with
+checkpoints resumes from the last one, so an interrupted study continues where it stopped
+(checkpoints every 100 iterations). Runs are
 identified by their settings: a variant shared by two studies (the baseline) trains once.
 The budget is iterations, never minutes, so results do not depend on the machine's load.
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_OUT = Path("runs/ablations")
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "ablations" / "results"
 METRICS = (("segm", "AP"), ("segm", "AP50"), ("segm", "AP75"), ("bbox", "AP"))
 
 
@@ -201,8 +204,10 @@ def train_variant(data: DataSet, variant: Variant, seed: int, iters: int, out: P
 
     run_dir = out / data.name / variant.key / f"seed{seed}"
     result_file = run_dir / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    kept = RESULTS / data.name / variant.key / f"seed{seed}.json"
+    for done in (kept, result_file):
+        if done.is_file():
+            return json.loads(done.read_text())
     run = run_config(data, variant, iters, seed, amp)
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     print(f"\n=== {data.name} / {variant.key} / seed {seed}"
@@ -220,6 +225,8 @@ def train_variant(data: DataSet, variant: Variant, seed: int, iters: int, out: P
               "amp": amp, "seconds": round(earlier + time.perf_counter() - start, 1),
               **{f"{t}_{m}": metrics[t][m] for t, m in METRICS}}
     result_file.write_text(json.dumps(result, indent=1))
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -230,12 +237,15 @@ def _seconds_so_far(run_dir: Path) -> float:
 
 
 # ------------------------------------------------------------------ report
-def collect(out: Path) -> dict[tuple[str, str], list[dict]]:
-    """(data, variant key) -> results of its seeds."""
-    found: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted(out.glob("*/*/seed*/result.json")):
+def collect(out: Path, kept: Path = RESULTS) -> dict[tuple[str, str], list[dict]]:
+    """(data, variant key) -> results of its seeds, from the committed results and OUT."""
+    by_run: dict[tuple[str, str, int], dict] = {}
+    for path in [*sorted(out.glob("*/*/seed*/result.json")), *sorted(kept.glob("*/*/seed*.json"))]:
         result = json.loads(path.read_text())
-        found.setdefault((result["data"], result["variant"]), []).append(result)
+        by_run[result["data"], result["variant"], result["seed"]] = result
+    found: dict[tuple[str, str], list[dict]] = {}
+    for (data, variant, _), result in sorted(by_run.items()):
+        found.setdefault((data, variant), []).append(result)
     return found
 
 
@@ -269,8 +279,12 @@ def report(out: Path) -> str:
                 paper = "/".join(f"{p:.1f}" if p else "-" for p in variant.paper or ()) or "-"
                 lines.append(f"| {variant.name} | {_seeds(results)} | "
                              + " | ".join(cells) + f" | {paper} |")
-            minutes = sum(r["seconds"] for _, results in rows for r in results) / 60
-            lines += ["", f"Wall time of these runs (training + evaluation): {minutes:.0f} min."]
+            runs = [r for _, results in rows for r in results]
+            minutes = sum(r["seconds"] or 0 for r in runs) / 60
+            untimed = sum(r["seconds"] is None for r in runs)
+            lines += ["", f"Wall time of these runs (training + evaluation): {minutes:.0f} min"
+                      + (f" ({untimed} runs reconstructed without their time)." if untimed
+                         else ".")]
             plot = out / f"{data}_{study.name}.png"
             _plot(study, rows, plot)
             lines += ["", f"![{study.title}, {data}]({plot.name})", ""]

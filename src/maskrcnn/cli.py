@@ -40,7 +40,7 @@ the 0-1 scale), DIR/predictions.json (COCO results; not with --predictions) and 
 recall plots DIR/pr_bbox.png, DIR/pr_segm.png."""
 
 DEMO_EXAMPLES = """examples:
-  maskrcnn demo --out runs/demo                 # 1000 iterations; says how long they take here
+  maskrcnn demo --out runs/demo                 # 1200 iterations; says how long they take here
   maskrcnn demo --out runs/quick --iters 300    # a shorter (less accurate) run
 writes RUN/data/ (the shapes dataset), RUN/train/ (the training run), RUN/eval/ and
 RUN/overlays/*.png (validation images with the predicted masks)."""

@@ -8,11 +8,11 @@ a table (mean and standard deviation over the seeds) and a bar plot beside the p
     .venv/bin/python benchmarks/ablate.py --report          # tables + plots of what is done
 
 Every run lives in OUT/<data>/<variant>/seed<k>/ (OUT: runs/ablations); its result is also
-written to docs/ablations/results/<data>/<variant>/seed<k>.json, which is committed: a run
-with a result in either place is done and skipped (a fresh clone does not redo it), one with
-checkpoints resumes from the last one, so an interrupted study continues where it stopped
-(checkpoints every 100 iterations). Runs are
-identified by their settings: a variant shared by two studies (the baseline) trains once.
+written to docs/ablations/results/<data>/<variant>/seed<k>.json (committed; with another
+--out: OUT/results/). A run with a result in either place is done and skipped (a fresh
+clone does not redo it); one with checkpoints resumes from the last one, so an interrupted
+study continues where it stopped (checkpoints every 100 iterations). Runs are identified
+by their settings: a variant shared by two studies (the baseline) trains once.
 The budget is iterations, never minutes, so results do not depend on the machine's load.
 
 Studies (the paper's R-50 models become ResNet-18 bodies at small images; see
@@ -204,7 +204,7 @@ def train_variant(data: DataSet, variant: Variant, seed: int, iters: int, out: P
 
     run_dir = out / data.name / variant.key / f"seed{seed}"
     result_file = run_dir / "result.json"
-    kept = RESULTS / data.name / variant.key / f"seed{seed}.json"
+    kept = kept_results(out) / data.name / variant.key / f"seed{seed}.json"
     for done in (kept, result_file):
         if done.is_file():
             return json.loads(done.read_text())
@@ -230,6 +230,12 @@ def train_variant(data: DataSet, variant: Variant, seed: int, iters: int, out: P
     return result
 
 
+def kept_results(out: Path) -> Path:
+    """Where results are kept: the committed RESULTS for the default OUT; OUT/results for
+    any other (a trial with --out /tmp/x --iters 10 must not mark the real runs done)."""
+    return RESULTS if out.resolve() == DEFAULT_OUT.resolve() else out / "results"
+
+
 def _seconds_so_far(run_dir: Path) -> float:
     """Wall seconds spent on this run by earlier, interrupted sessions (RUN/seconds.txt)."""
     path = run_dir / "seconds.txt"
@@ -237,10 +243,11 @@ def _seconds_so_far(run_dir: Path) -> float:
 
 
 # ------------------------------------------------------------------ report
-def collect(out: Path, kept: Path = RESULTS) -> dict[tuple[str, str], list[dict]]:
-    """(data, variant key) -> results of its seeds, from the committed results and OUT."""
+def collect(out: Path) -> dict[tuple[str, str], list[dict]]:
+    """(data, variant key) -> results of its seeds, from OUT and the kept results."""
     by_run: dict[tuple[str, str, int], dict] = {}
-    for path in [*sorted(out.glob("*/*/seed*/result.json")), *sorted(kept.glob("*/*/seed*.json"))]:
+    kept = sorted(kept_results(out).glob("*/*/seed*.json"))
+    for path in [*sorted(out.glob("*/*/seed*/result.json")), *kept]:
         result = json.loads(path.read_text())
         by_run[result["data"], result["variant"], result["seed"]] = result
     found: dict[tuple[str, str], list[dict]] = {}

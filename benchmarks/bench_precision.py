@@ -177,13 +177,13 @@ def run_speed(args, name: str, folder: Path) -> None:
                 if any(term.lower() in row.lower() for term in args.rows)}
         if not keep:
             raise SystemExit(f"--rows {' '.join(args.rows)}: no row matches ({', '.join(rows)})")
-        reference = rows[reference_row]
+        reference_fn = rows[reference_row]
         rows = keep
     times = {row: [] for row in rows}
     outputs = {}
     with torch.no_grad():
         if reference_row not in rows:  # what "matched" compares with, untimed
-            outputs[reference_row] = reference()
+            outputs[reference_row] = reference_fn()
         for fn in rows.values():
             fn()  # warm-up
         for _ in range(args.runs):

@@ -3,9 +3,11 @@ built with the same backbone (ResNet-18, GroupNorm, FPN of 128 channels), heads,
 counts and image size, in one process, alternating, median of --iters iterations.
 
     .venv/bin/python benchmarks/bench_train.py [--iters 10] [--batch 2] [--size 384] [--amp]
+        [--threads 2] [--nchw]
 
---amp runs both forward passes under bfloat16 autocast (fast where the CPU has AVX512-BF16
-or AMX).
+--amp runs the forward passes under bfloat16 autocast (fast where the CPU has AVX512-BF16
+or AMX). Ours trains channels_last as the trainer does (--nchw: NCHW, as before); the third
+row is torchvision's network switched to channels_last by the same call, for comparison.
 """
 
 from __future__ import annotations
@@ -81,20 +83,27 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=384)
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for both")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nchw", action="store_true",
+                        help="ours in NCHW (trainer: channels_last=false)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cfg = preset("small")
     cfg.roi_heads.num_classes = 5
     cfg.input.min_size_train = (args.size,)
     cfg.input.min_size_test = args.size
     torch.manual_seed(0)
     ours, theirs = build_model(cfg).train(), torchvision_twin(cfg).train()
+    theirs_cl = torchvision_twin(cfg).train().to(memory_format=torch.channels_last)
+    if not args.nchw:
+        ours.to(memory_format=torch.channels_last)
     images, targets = batch(args.size, args.batch, cfg.roi_heads.num_classes)
     tv_targets = [{"boxes": t.boxes, "labels": t.labels, "masks": t.masks} for t in targets]
     steps = {
         "torchvision": (theirs, lambda: theirs(images, tv_targets)),
         "maskrcnn (ours)": (ours, lambda: ours(images, targets)),
+        "torchvision CL": (theirs_cl, lambda: theirs_cl(images, tv_targets)),
     }
     optimizers = {
         name: torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -113,11 +122,13 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"training step, batch {args.batch} of {args.size}x{int(args.size * 1.33)}, "
-          f"small preset (ResNet-18 GN, FPN 128), {args.iters} iterations, 2 threads"
-          + (", bfloat16 autocast" if args.amp else ""))
+          f"small preset (ResNet-18 GN, FPN 128), {args.iters} iterations, {args.threads} "
+          f"threads" + (", bfloat16 autocast" if args.amp else "")
+          + (", ours NCHW" if args.nchw else ", ours channels_last"))
     for name, median in medians.items():
         print(f"{name:16s} median {median:.3f} s/iter")
-    print(f"ratio ours / torchvision: {medians['maskrcnn (ours)'] / medians['torchvision']:.3f}")
+    for name in ("maskrcnn (ours)", "torchvision CL"):
+        print(f"ratio {name} / torchvision: {medians[name] / medians['torchvision']:.3f}")
 
 
 if __name__ == "__main__":

@@ -148,3 +148,17 @@ def test_time_budget_stops_the_run(shapes, tmp_path):
     out = tmp_path / "run"
     assert _train(shapes, out, "--minutes", "0.002") == 0  # 0.12 s: one iteration
     assert len(_records(out)) >= 1 and (out / "model_final.pt").is_file()
+
+
+@pytest.mark.parametrize("amp, rel", [("false", 1e-3), ("true", 2e-2)])
+def test_channels_last_training_follows_the_nchw_curve(shapes, tmp_path, amp, rel):
+    """The memory layout changes the speed, not the arithmetic: the same losses, float32 to
+    rounding, bfloat16 (our channels_last GroupNorm backward) within its precision."""
+    curves = {}
+    for layout in ("true", "false"):
+        out = tmp_path / layout
+        assert _train(shapes, out, "--iters", "4", "--batch-size", "2",
+                      sets=[f"channels_last={layout}", f"amp={amp}",
+                            "checkpoint_period=100"]) == 0
+        curves[layout] = [r["loss"] for r in _records(out)]
+    assert curves["true"] == pytest.approx(curves["false"], rel=rel), curves

@@ -56,6 +56,7 @@ class TrainConfig:
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)
     amp: bool = False  # autocast: bfloat16 on CPU, amp_dtype on CUDA
     amp_dtype: str = "bfloat16"  # "bfloat16" or "float16" (CUDA only; uses a GradScaler)
+    channels_last: bool = True  # weights and feature maps channels_last (faster convolutions)
     # run length: the first limit reached ends the run (at least one must be set)
     max_iters: int = 0
     epochs: float = 0.0

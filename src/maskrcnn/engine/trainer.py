@@ -160,6 +160,8 @@ class Trainer:
                 raise
             raise _pretrained_error(err, model_cfg.backbone.pretrained) from None
         self.model.cfg.backbone.pretrained = None  # saved files must not need the file
+        if self.cfg.channels_last:  # the convolutions' outputs follow their weights' layout
+            self.model.to(memory_format=torch.channels_last)
         self.init_report = None
         if self.cfg.init_weights and not resume:
             self._init_weights()

@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from maskrcnn.config import BackboneConfig
 from maskrcnn.modeling.fpn import FPN, ConvNorm
+from maskrcnn.modeling.group_norm import GroupNorm
 
 BODY_NORMS = ("frozen_bn", "bn", "gn")
 BACKBONE_KINDS = ("fpn", "c4", "c5")  # backbone.kind
@@ -75,7 +76,7 @@ def _norm_factory(norm: str) -> Callable[[int], nn.Module]:
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "gn":
-        return lambda channels: nn.GroupNorm(32, channels)
+        return lambda channels: GroupNorm(32, channels)
     raise ValueError(f"unknown backbone norm {norm!r}; choose one of {BODY_NORMS}")
 
 

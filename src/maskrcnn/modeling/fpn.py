@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.modeling.group_norm import GroupNorm
+
 CONV_NORMS = ("none", "bn", "gn")  # norms after a conv, shared by the FPN and the heads
 FPN_NORMS = CONV_NORMS
 
@@ -44,7 +46,7 @@ def conv_norm(in_channels: int, out_channels: int, kernel_size: int, norm: str,
     if norm == "bn":
         layer = nn.BatchNorm2d(out_channels)
     elif norm == "gn":
-        layer = nn.GroupNorm(32, out_channels)
+        layer = GroupNorm(32, out_channels)
     return ConvNorm(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
                     bias=layer is None, norm=layer)
 

@@ -93,12 +93,18 @@ def test_train_losses_equal(models):
 
 
 def test_optimized_inference_matches_exact_model(models):
-    """optimize_for_inference (folded BatchNorm, channels_last) changes only rounding: each
-    of the top detections has a twin in the exact model's output."""
+    """optimize_for_inference (folded BatchNorm, ReLUs fused into the convolutions,
+    channels_last) changes only rounding: each of the top detections has a twin in the
+    exact model's output."""
     from torchvision.ops import box_iou
+
+    from maskrcnn.modeling.fusion import FusedBottleneck
 
     tv_model, ours = models
     fast = our_copy(tv_model, torchvision_config(MIN_SIZE, MAX_SIZE)).optimize_for_inference()
+    blocks = [m for m in fast.modules() if type(m).__name__.endswith("Bottleneck")]
+    assert len(blocks) == 16 and all(type(m) is FusedBottleneck for m in blocks)
+    assert fast.backbone.body.fuse_relu and fast.rpn.head.fuse_relu
     images = _images()
     with torch.no_grad():
         exact = ours.eval()(images)

@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from maskrcnn.config import BackboneConfig
 from maskrcnn.modeling.fpn import FPN, ConvNorm
+from maskrcnn.modeling.fusion import conv_relu
 from maskrcnn.modeling.group_norm import GroupNorm
 
 BODY_NORMS = ("frozen_bn", "bn", "gn")
@@ -106,6 +107,7 @@ class ResNetBody(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
+        self.fuse_relu = False  # fusion.fuse_conv_relu: conv1 + relu in one call (bn1 folded)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = 64
         self.out_channels_list: list[int] = []
@@ -123,7 +125,10 @@ class ResNetBody(nn.Module):
         freeze_body_layers(self, trainable_layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.fuse_relu and isinstance(self.bn1, nn.Identity):
+            x = self.maxpool(conv_relu(self.conv1, x))
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features = []
         for index in range(self.num_stages):
             x = getattr(self, f"layer{index + 1}")(x)

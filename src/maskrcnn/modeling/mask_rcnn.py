@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from ..ops.mask_paste_grid import check_mask_paste
 from ..structures import Detections, Targets
 from .backbone import build_backbone, build_res5, fold_frozen_batchnorm
+from .fusion import fuse_conv_relu
 from .res5_heads import Res5RoIHeads
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -59,13 +60,15 @@ class MaskRCNN(nn.Module):
 
     def optimize_for_inference(self) -> MaskRCNN:
         """Fold BatchNorm (frozen, or with running statistics) into the convolutions of the
-        backbone and heads, and switch to channels_last.
+        backbone and heads, fuse the ReLUs (and residual adds) that follow them into the
+        convolutions (modeling/fusion.py), and switch to channels_last.
 
         About twice as fast on CPU; outputs equal the exact model's to float rounding
         (features within ~1e-5 relative), so near-tied detections may swap. Irreversible:
         the folded model can no longer be trained or saved as a checkpoint.
         """
         fold_frozen_batchnorm(self)
+        fuse_conv_relu(self)
         self.to(memory_format=torch.channels_last)
         self.inference_optimized = True
         return self.eval()

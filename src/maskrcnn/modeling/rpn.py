@@ -14,6 +14,7 @@ from ..ops.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
 from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedSampler
 from .anchors import AnchorGenerator
+from .fusion import conv_relu
 from .losses import box_regression_loss, full_precision
 
 
@@ -31,6 +32,7 @@ class RPNHead(nn.Module):
             nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
             for _ in range(num_convs - 1)
         )
+        self.fuse_relu = False  # fusion.fuse_conv_relu: each conv + relu in one call
         self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, *self.extra_convs, self.objectness_logits, self.anchor_deltas):
@@ -40,9 +42,9 @@ class RPNHead(nn.Module):
     def forward_level(self, feature: Tensor) -> tuple[Tensor, Tensor]:
         """One level [B, C, H, W] -> logits [B, HWA] and deltas [B, HWA, 4] in (y, x, anchor)
         order."""
-        hidden = F.relu(self.conv(feature))
-        for conv in self.extra_convs:
-            hidden = F.relu(conv(hidden))
+        hidden = feature
+        for conv in (self.conv, *self.extra_convs):
+            hidden = conv_relu(conv, hidden) if self.fuse_relu else F.relu(conv(hidden))
         logits = self.objectness_logits(hidden)  # [B, A, H, W]
         deltas = self.anchor_deltas(hidden)  # [B, A*4, H, W]
         batch, num_anchors, height, width = logits.shape

@@ -215,3 +215,23 @@ def test_unknown_options_raise():
         build_backbone(BackboneConfig(depth=18, norm="syncbn"))
     with pytest.raises(ValueError, match="FPN norm"):
         build_backbone(BackboneConfig(depth=18, fpn_norm="syncbn"))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(64, 96), (50, 70)])  # exact halves; odd sizes
+def test_fpn_inference_top_down_equals_the_autograd_path(size, channels_last):
+    """Without autograd the top-down sum adds in place through a broadcast view (exact
+    halves only); its outputs are bit-identical to interpolate + add."""
+    torch.manual_seed(0)
+    fpn = FPN([16, 32, 64, 128], 32).eval()
+    height, width = size
+    features = [torch.randn(2, c, math.ceil(height / 2**i), math.ceil(width / 2**i))
+                for i, c in enumerate([16, 32, 64, 128])]
+    if channels_last:
+        fpn = fpn.to(memory_format=torch.channels_last)
+        features = [f.contiguous(memory_format=torch.channels_last) for f in features]
+    expected = fpn(features)  # grad mode: F.interpolate + add
+    with torch.no_grad():
+        actual = fpn(features)
+    for exp, act in zip(expected, actual):
+        assert torch.equal(exp, act)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.modeling.group_norm import GroupNorm
+from maskrcnn.ops.eager import eager_inference
 
 CONV_NORMS = ("none", "bn", "gn")  # norms after a conv, shared by the FPN and the heads
 FPN_NORMS = CONV_NORMS
@@ -95,9 +97,24 @@ class FPN(nn.Module):
         outputs = [self.output_convs[last](top_down)]
         for level in range(last - 1, -1, -1):
             lateral = self.lateral_convs[level](features[level])
-            upsampled = F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
-            top_down = lateral + upsampled
+            top_down = _add_upsampled(lateral, top_down)
             outputs.insert(0, self.output_convs[level](top_down))
         # LastLevelMaxPool: P6 subsamples P5 by 2 (kernel 1, stride 2).
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))
         return outputs
+
+
+def _add_upsampled(lateral: Tensor, top: Tensor) -> Tensor:
+    """lateral [B, C, H, W] + top [B, C, h, w] upsampled to H x W (nearest).
+
+    In eager inference at exactly twice the size (every level when the batch is padded to
+    a multiple of the coarsest stride), `top` is added in place through a broadcast view
+    [B, C, h, 2, w, 2] of `lateral`: the same sums without the upsampled copy (a sixth of
+    the time of interpolate + add for P2 of an 800 x 1216 image)."""
+    batch, channels, height, width = lateral.shape
+    h, w = top.shape[-2:]
+    dense = lateral.is_contiguous() or lateral.is_contiguous(memory_format=torch.channels_last)
+    if (height, width) == (2 * h, 2 * w) and dense and eager_inference():
+        lateral.view(batch, channels, h, 2, w, 2).add_(top[:, :, :, None, :, None])
+        return lateral
+    return lateral + F.interpolate(top, size=(height, width), mode="nearest")

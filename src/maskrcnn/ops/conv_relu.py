@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .eager import eager_inference
+
 
 def conv2d_relu(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], groups: int,
@@ -37,9 +39,7 @@ def conv2d_relu(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence
 
 def _fused_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
     """The dtype the fused call would run in, or None where it cannot run."""
-    if (x.device.type != "cpu" or torch.is_grad_enabled() or not _available()
-            or torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+    if x.device.type != "cpu" or not eager_inference() or not _available():
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or (

@@ -3,11 +3,11 @@
 oneDNN's bfloat16 convolutions work channels_last: fed NCHW maps, each convolution reorders
 its output (and its gradients) back to NCHW, a quarter of a bfloat16 training step of the
 small preset. A channels_last model avoids that, but PyTorch's GroupNorm backward is slow
-for channels_last bfloat16 maps (29.9 ms against our 10.2 for [2, 128, 96, 128] on one core
-of an AMX Xeon; docs/benchmarks.md). This op keeps PyTorch's forward
-and replaces the backward by its closed form, a few vectorised passes over the [N, H*W, C]
-view of the channels_last memory. In float32 PyTorch's channels_last backward is as fast as
-ours, so float32 (and anything not channels_last) goes to `F.group_norm` unchanged.
+for channels_last bfloat16 maps (about 27 ms against our 10-13 for [2, 128, 96, 128] on
+one core of an AMX Xeon; docs/benchmarks.md, "Training step"). This op keeps PyTorch's
+forward and replaces the backward by its closed form, a few vectorised passes over the
+[N, H*W, C] view of the channels_last memory. In float32 PyTorch's channels_last backward
+is faster than ours, so float32 (and anything not channels_last) goes to `F.group_norm`.
 
 Statistics and gradients are computed in float32 whatever the input dtype, as PyTorch's
 kernels do for bfloat16 inputs; the outputs have the input's dtype.

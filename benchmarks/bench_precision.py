@@ -19,6 +19,11 @@ detections with a same-label twin of IoU > 0.99 (matched) and > 0.9 (@0.9) in th
 model's output (random weights: near-ties, which any rounding reorders; the dataset part
 measures accuracy). Peak memory: benchmarks/bench_memory.py (a process per job).
 
+With --runtimes every row shares one process, and ONNX Runtime's and OpenVINO's thread
+pools slow the torch rows that follow them (torchvision's 1.3-1.8x on a 2-core machine,
+docs/benchmarks.md): for speed figures run the torch rows without --runtimes and each
+runtime alone with --rows.
+
     .venv/bin/python benchmarks/bench_precision.py --weights W --json val.json \
         --images images/ [--runs 3] [--backends torch onnxruntime openvino] \
         [--calibrate train_images/] [--speed r50 small [--runtimes] [--batch 8]]

@@ -10,6 +10,7 @@ same result comes from the separate ops.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -41,13 +42,14 @@ def _fused_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
     """The dtype the fused call would run in, or None where it cannot run."""
     if x.device.type != "cpu" or not eager_inference() or not _available():
         return None
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if dtype not in (torch.float32, torch.bfloat16) or (
-            not torch.is_autocast_enabled("cpu") and weight.dtype != dtype):
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    if dtype not in (torch.float32, torch.bfloat16) or (not autocast and weight.dtype != dtype):
         return None
     return dtype
 
 
+@functools.cache
 def _available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(
         torch.ops.mkldnn, "_convolution_pointwise")

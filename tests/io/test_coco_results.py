@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from maskrcnn.io.coco_results import (
+    ENCODE_CHUNK,
     detections_to_coco,
     encode_masks,
     load_results_json,
@@ -62,9 +63,11 @@ def test_bbox_xywh_by_hand():
     assert [r["file_name"] for r in results] == ["a.png", "a.png"]
 
 
-def test_vectorised_encoding_equals_per_mask_encoding():
-    dets = random_detections(5, seed=3)
+@pytest.mark.parametrize("n", [5, 2 * ENCODE_CHUNK + 3])  # one call, and several chunks
+def test_vectorised_encoding_equals_per_mask_encoding(n):
+    dets = random_detections(n, seed=3)
     rles = encode_masks(dets.masks)
+    assert len(rles) == n
     for rle, m in zip(rles, dets.masks.numpy()):
         ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         assert rle["counts"] == ref["counts"].decode("ascii")

@@ -235,3 +235,27 @@ def test_fpn_inference_top_down_equals_the_autograd_path(size, channels_last):
         actual = fpn(features)
     for exp, act in zip(expected, actual):
         assert torch.equal(exp, act)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "resnext"])
+def test_resnet_blocks_are_torchvisions(kind):
+    """Our blocks (resnet_blocks.py) against torchvision.models.resnet's: the same seed
+    gives the same initial weights and keys, and the same input the same output."""
+    from torchvision.models import resnet as tv
+
+    from maskrcnn.modeling import resnet_blocks as ours
+
+    def build(module):
+        torch.manual_seed(0)
+        down = nn.Sequential(nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64))
+        if kind == "basic":
+            return module.BasicBlock(32, 64, stride=2, downsample=down)
+        width = {"groups": 4, "base_width": 8} if kind == "resnext" else {}
+        return module.Bottleneck(32, 16, stride=2, downsample=down, **width)
+
+    theirs, mine = build(tv).eval(), build(ours).eval()
+    assert list(mine.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(mine.state_dict()[key], value), key
+    x = torch.randn(2, 32, 20, 24)
+    assert torch.equal(mine(x), theirs(x))

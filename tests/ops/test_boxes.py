@@ -2,7 +2,14 @@ import pytest
 import torch
 import torchvision
 
-from maskrcnn.ops.boxes import batched_nms, box_area, box_iou, clip_boxes, remove_small_boxes
+from maskrcnn.ops.boxes import (
+    batched_nms,
+    box_area,
+    box_iou,
+    clip_boxes,
+    nms,
+    remove_small_boxes,
+)
 
 
 def random_boxes(n: int, gen: torch.Generator, dtype=torch.float32, scale: float = 100.0):
@@ -57,14 +64,16 @@ def test_remove_small_boxes_matches_torchvision():
     assert remove_small_boxes(exact, 2.0).tolist() == [0, 2]  # >= min_size is kept
 
 
-def test_batched_nms_matches_torchvision_and_accepts_empty():
+@pytest.mark.parametrize("n", [200, 1500])  # torchvision's two routes: > 1000 boxes per class
+def test_batched_nms_matches_torchvision_and_accepts_empty(n):
     gen = torch.Generator().manual_seed(3)
-    boxes = random_boxes(200, gen)
+    boxes = random_boxes(n, gen)
     boxes[:, 2:] += 1  # no empty boxes
-    scores = torch.rand(200, generator=gen)
-    idxs = torch.randint(0, 4, (200,), generator=gen)
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 4, (n,), generator=gen)
     keep = batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(keep, torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
+    assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
     empty = batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert empty.shape == (0,) and empty.dtype == torch.int64
 
@@ -74,3 +83,23 @@ def test_batched_nms_is_per_class():
     scores = torch.tensor([0.9, 0.8, 0.7])
     assert batched_nms(boxes, scores, torch.tensor([0, 0, 0]), 0.5).tolist() == [0]
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [0, 1]
+
+
+def test_inference_does_not_import_torchvision(tmp_path):
+    """NMS loads torchvision's compiled library alone, and the ResNet blocks are ours: the
+    ~160 MiB of torchvision's Python package stay out of a predicting process."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from maskrcnn.api import create_model, predict
+model = create_model("small").eval()
+predict(model, torch.rand(3, 96, 128), score_thresh=0.0)
+model.optimize_for_inference()
+predict(model, torch.rand(3, 96, 128), score_thresh=0.0)
+print("torchvision" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    assert out.strip().splitlines()[-1] == "False"

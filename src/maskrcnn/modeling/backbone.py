@@ -13,12 +13,13 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from maskrcnn.config import BackboneConfig
 from maskrcnn.modeling.fpn import FPN, ConvNorm
 from maskrcnn.modeling.fusion import conv_relu
 from maskrcnn.modeling.group_norm import GroupNorm
+from maskrcnn.modeling.resnet_blocks import BasicBlock, Bottleneck
+from maskrcnn.ops.eager import eager_inference
 
 BODY_NORMS = ("frozen_bn", "bn", "gn")
 BACKBONE_KINDS = ("fpn", "c4", "c5")  # backbone.kind
@@ -227,7 +228,7 @@ class Backbone(nn.Module):
         self.out_channels: int = fpn.out_channels
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.fpn(self.body(x))
+        return self.fpn(self.body(x), release_inputs=eager_inference())
 
 
 class SingleLevelBackbone(nn.Module):

@@ -73,10 +73,10 @@ class BoxHead(nn.Module):
         """[R, C, S, S] pooled features -> class logits [R, K], box deltas [R, K*4]."""
         x = pooled
         for conv in self.convs:
-            x = F.relu(conv(x))  # [R, C', S, S]
+            x = F.relu(conv(x), inplace=True)  # [R, C', S, S]
         x = x.flatten(1)  # [R, C' * S * S]
         for index in range(self.num_fcs):
-            x = F.relu(getattr(self, f"fc{index + 1}")(x))
+            x = F.relu(getattr(self, f"fc{index + 1}")(x), inplace=True)
         return self.cls_score(x), self.bbox_pred(x)
 
     def losses(

@@ -88,20 +88,31 @@ class FPN(nn.Module):
             _conv(out_channels, out_channels, 3, norm) for _ in self.in_channels_list
         )
 
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """features: [C2..C5], each [B, C_i, H_i, W_i] -> [P2..P6], each [B, out, H_i, W_i]."""
+    def forward(self, features: list[Tensor], release_inputs: bool = False) -> list[Tensor]:
+        """features: [C2..C5], each [B, C_i, H_i, W_i] -> [P2..P6], each [B, out, H_i, W_i].
+
+        release_inputs: set each entry of `features` to None once read, so that C5..C2 are
+        freed as the top-down pass goes (inference; C2..C5 of ResNet-50 on an 800 x 1216
+        image are 111 MiB)."""
         if len(features) != len(self.lateral_convs):
             raise ValueError(f"FPN expects {len(self.lateral_convs)} levels, got {len(features)}")
         last = len(features) - 1
-        top_down = self.lateral_convs[last](features[last])
+        top_down = self.lateral_convs[last](self._read(features, last, release_inputs))
         outputs = [self.output_convs[last](top_down)]
         for level in range(last - 1, -1, -1):
-            lateral = self.lateral_convs[level](features[level])
+            lateral = self.lateral_convs[level](self._read(features, level, release_inputs))
             top_down = _add_upsampled(lateral, top_down)
             outputs.insert(0, self.output_convs[level](top_down))
         # LastLevelMaxPool: P6 subsamples P5 by 2 (kernel 1, stride 2).
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))
         return outputs
+
+    @staticmethod
+    def _read(features: list[Tensor], level: int, release: bool) -> Tensor:
+        feature = features[level]
+        if release:
+            features[level] = None  # type: ignore[call-overload]
+        return feature
 
 
 def _add_upsampled(lateral: Tensor, top: Tensor) -> Tensor:

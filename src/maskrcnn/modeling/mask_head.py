@@ -108,8 +108,8 @@ class MaskHead(MaskHeadBase):
         """[R, C, S, S] pooled features -> mask logits [R, K (or 1), 2S, 2S]."""
         x = pooled
         for conv in self.convs:
-            x = F.relu(conv(x))
-        return self.predictor(F.relu(self.deconv(x)))
+            x = F.relu(conv(x), inplace=True)  # a fresh output: in place is safe, one map less
+        return self.predictor(F.relu(self.deconv(x), inplace=True))
 
 
 class MLPMaskHead(MaskHeadBase):
@@ -151,7 +151,7 @@ class MLPMaskHead(MaskHeadBase):
         """[R, C, S, S] pooled features -> mask logits [R, K (or 1), 2S, 2S]."""
         x = pooled.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)
         return self.predictor(x).unflatten(1, (self.num_masks, self.mask_size, self.mask_size))
 
 

@@ -5,7 +5,7 @@ Each is a function of plain tensors (no module state); the submodules keep their
 """
 
 from .box_coder import BoxCoder
-from .boxes import batched_nms, box_area, box_iou, clip_boxes, remove_small_boxes
+from .boxes import batched_nms, box_area, box_iou, clip_boxes, nms, remove_small_boxes
 from .mask_paste import paste_masks
 from .mask_paste_grid import paste_masks_grid_sample
 from .roi_align import roi_align
@@ -19,6 +19,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
+    "nms",
     "paste_masks",
     "paste_masks_grid_sample",
     "remove_small_boxes",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
-import torchvision
 from torch import Tensor
 
 
@@ -52,11 +56,56 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return torch.where(keep)[0]
 
 
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's NMS (its compiled operator): indices (int64 [K]) of the boxes [N, 4]
+    kept, by decreasing score; a box is dropped when its IoU with a kept one is > the
+    threshold."""
+    _load_torchvision_ops()
+    return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS done independently per category `idxs` [N] -> kept indices int64 [K], by score.
 
-    boxes [N, 4] xyxy, scores [N]. Empty inputs give an empty result.
+    boxes [N, 4] xyxy, scores [N]. Empty inputs give an empty result. The same two routes
+    as torchvision.ops.batched_nms, chosen by the same size rule, so that the result is
+    torchvision's to the bit: one NMS over boxes shifted apart per category, or (many
+    boxes, not tracing) one NMS per category.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    many = boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000)
+    if many and not torch.jit.is_tracing():
+        keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+        for category in torch.unique(idxs):
+            members = torch.where(idxs == category)[0]
+            keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+        kept = torch.where(keep_mask)[0]
+        return kept[scores[kept].sort(descending=True)[1]]
+    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))  # [N]
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+_torchvision_ops_loaded = False
+
+
+def _load_torchvision_ops() -> None:
+    """Make torch.ops.torchvision.* available. Importing torchvision does it, but its
+    Python package costs ~160 MiB of resident memory that inference does not need, so
+    its compiled library is loaded alone (a second load, if torchvision is imported later,
+    is a no-op). torch.compile needs the package's fake-tensor kernels: imported then."""
+    global _torchvision_ops_loaded
+    if _torchvision_ops_loaded or "torchvision" in sys.modules:
+        return
+    if not torch.compiler.is_compiling():
+        spec = importlib.util.find_spec("torchvision")
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        for folder in folders:
+            for name in ("_C_stable", "_C"):  # torchvision >= 0.25 / older
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                    library = Path(folder) / f"{name}{suffix}"
+                    if library.is_file():
+                        torch.ops.load_library(str(library))
+                        _torchvision_ops_loaded = True
+                        return
+    import torchvision  # noqa: F401  (its own loader, and its error if it has none)

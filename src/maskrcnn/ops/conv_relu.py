@@ -22,9 +22,11 @@ from .eager import eager_inference
 
 def conv2d_relu(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], groups: int,
-                residual: Tensor | None = None) -> Tensor:
+                residual: Tensor | None = None, sum_into_residual: bool = False) -> Tensor:
     """relu(conv2d(x, weight, bias, ...) + residual), residual optional and of the output's
-    shape; under CPU autocast the convolution runs in the autocast dtype, as F.conv2d's."""
+    shape; under CPU autocast the convolution runs in the autocast dtype, as F.conv2d's.
+    sum_into_residual: the fused call may write the result into `residual` (no new map;
+    the caller must not need `residual` afterwards)."""
     dtype = _fused_dtype(x, weight)
     if dtype is None:
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
@@ -35,7 +37,15 @@ def conv2d_relu(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence
     op = torch.ops.mkldnn._convolution_pointwise
     if residual is None:
         return op(x, *args, "relu", [], "")
+    in_place = sum_into_residual and residual.dtype == dtype and _dense(residual)
+    if in_place and _in_place_available():
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            residual, x, *args, "add", 1.0, "relu", [], "")
     return op.binary(x, residual.to(dtype), *args, "add", 1.0, "relu", [], "")
+
+
+def _dense(t: Tensor) -> bool:
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _fused_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
@@ -47,6 +57,11 @@ def _fused_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
     if dtype not in (torch.float32, torch.bfloat16) or (not autocast and weight.dtype != dtype):
         return None
     return dtype
+
+
+@functools.cache
+def _in_place_available() -> bool:
+    return hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
 
 
 @functools.cache

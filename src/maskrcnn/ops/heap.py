@@ -1,0 +1,34 @@
+"""Handing freed memory back to the operating system between the stages of a prediction.
+
+glibc's malloc keeps the memory that tensors under its mmap threshold (which it raises up
+to 32 MiB as large blocks are freed) leave behind, and a forward pass frees hundreds of MiB
+of such maps stage by stage: on an 800 x 1216 image with ResNet-50 the heap held ~330 MiB
+of free memory by the RoI heads, all of it in the process's resident memory. malloc_trim
+returns it (a few ms; the pages are faulted in again when reused). A no-op where the C
+library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+
+def release_free_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc malloc_trim(0)), where available."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None

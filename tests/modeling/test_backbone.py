@@ -259,3 +259,16 @@ def test_resnet_blocks_are_torchvisions(kind):
         assert torch.equal(mine.state_dict()[key], value), key
     x = torch.randn(2, 32, 20, 24)
     assert torch.equal(mine(x), theirs(x))
+
+
+def test_fpn_release_inputs_frees_the_levels_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    fpn = FPN([16, 32, 64, 128], 32).eval()
+    features = [torch.randn(1, c, 64 // 2**i, 96 // 2**i) for i, c in enumerate([16, 32, 64, 128])]
+    with torch.no_grad():
+        expected = fpn(list(features))
+        given = list(features)
+        got = fpn(given, release_inputs=True)
+    assert given == [None] * 4  # read and let go
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)

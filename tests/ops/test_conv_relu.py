@@ -46,6 +46,12 @@ def test_fused_equals_conv_then_relu(spec, channels_last):
         assert_close(conv2d_relu(x, *args), expected, rtol=1e-5, atol=1e-5)
         assert_close(conv2d_relu(x, *args, residual=residual),
                      reference(x, args, residual), rtol=1e-5, atol=1e-5)
+        expected_sum = reference(x, args, residual)
+        if channels_last:  # the output's layout, as the model's maps are
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        summed = conv2d_relu(x, *args, residual=residual, sum_into_residual=True)
+        assert summed.data_ptr() == residual.data_ptr()  # written into the residual's map
+        assert_close(summed, expected_sum, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_autocast_runs_fused_in_bfloat16():
@@ -74,3 +80,26 @@ def test_autograd_and_tracing_take_the_separate_ops():
         traced = torch.jit.trace(lambda x: conv2d_relu(x, *args), (x,))
     assert "mkldnn" not in str(traced.graph)
     assert_close(traced(x), reference(x, args), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_fused_body_keeps_its_stage_outputs(depth):
+    """A folded, fused ResNet body (blocks writing residual sums in place, blocks after the
+    first of a stage overwriting their input) gives the stage outputs of the plain one."""
+    import copy
+
+    from maskrcnn.config import BackboneConfig
+    from maskrcnn.modeling.backbone import build_backbone, fold_frozen_batchnorm
+    from maskrcnn.modeling.fusion import fuse_conv_relu
+
+    torch.manual_seed(0)
+    body = build_backbone(BackboneConfig(depth=depth, norm="frozen_bn")).body.eval()
+    fused = fuse_conv_relu(fold_frozen_batchnorm(copy.deepcopy(body)))
+    assert any(getattr(m, "input_is_temporary", False) for m in fused.modules())
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = body(x)
+        got = fused(x)
+    assert len(got) == len(expected) == 4
+    for g, e in zip(got, expected):
+        assert_close(g, e, rtol=1e-4, atol=1e-4)

@@ -290,7 +290,8 @@ def report(out: Path) -> str:
             minutes = sum(r["seconds"] or 0 for r in runs) / 60
             untimed = sum(r["seconds"] is None for r in runs)
             lines += ["", f"Wall time of these runs (training + evaluation): {minutes:.0f} min"
-                      + (f" ({untimed} runs reconstructed without their time)." if untimed
+                      + (f" ({untimed} run{'s' * (untimed > 1)} reconstructed without their "
+                         "time)." if untimed
                          else ".")]
             plot = out / f"{data}_{study.name}.png"
             _plot(study, rows, plot)
@@ -374,6 +375,7 @@ def main() -> int:
             return stop.exit_code
         print(f"\nstudies {' '.join(args.studies)} on {data.name}: "
               f"{(time.perf_counter() - start) / 60:.1f} min this session")
+    args.out.mkdir(parents=True, exist_ok=True)
     table = report(args.out)
     (args.out / "ablations.md").write_text(table + "\n")
     print(table)

@@ -47,5 +47,5 @@ def test_report_merges_runs_and_kept_results_one_per_seed(tmp_path):
     table = ablate.report(tmp_path)
     row = next(line for line in table.splitlines() if line.startswith("| RoIPool |"))
     assert "| 2 x 500 it | 9.0 ± 1.4 |" in row  # mean and sample std of 8 and 10
-    assert "1 min (1 runs reconstructed without their time)" in table
+    assert "1 min (1 run reconstructed without their time)" in table
     assert (tmp_path / "shapes_d.png").is_file()

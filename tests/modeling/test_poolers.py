@@ -46,12 +46,19 @@ def torchvision_levels(box_list, k_min=2, k_max=5):
 
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 @pytest.mark.parametrize("output_size", [7, 14])
-@pytest.mark.parametrize("gather_below", [0.0, 0.75, 1.01])
-def test_matches_multiscale_roi_align(sampling_ratio, output_size, gather_below, monkeypatch):
-    """gather_below: levels transposed whole, chosen by coverage, or gathered by pixel."""
+@pytest.mark.parametrize("layout", ["transposed", "by coverage", "gathered", "channels_last",
+                                    "mixed"])
+def test_matches_multiscale_roi_align(sampling_ratio, output_size, layout, monkeypatch):
+    """NCHW levels transposed whole, chosen by coverage, or gathered by pixel; channels_last
+    levels read in place (all of them, or P2 and P4 among NCHW levels)."""
+    gather_below = {"transposed": 0.0, "gathered": 1.01}.get(layout, 0.75)
     monkeypatch.setattr(roi_align_module, "_GATHER_BELOW", gather_below)
     gen = torch.Generator().manual_seed(sampling_ratio + output_size)
     feats = features(gen)
+    if layout in ("channels_last", "mixed"):
+        feats = [f.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+                 if layout == "channels_last" or i % 2 == 0 else f
+                 for i, f in enumerate(feats)]
     box_list = [boxes(gen, 40), boxes(gen, 27)]
     ours = MultiLevelRoIAlign(output_size, SCALES, sampling_ratio)(feats, box_list)
     reference = torchvision.ops.MultiScaleRoIAlign(NAMES, output_size, sampling_ratio)

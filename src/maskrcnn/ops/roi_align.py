@@ -12,11 +12,12 @@ backpropagate with ``S^T @ grad``. All of it is vectorised over RoIs (the weight
 in roi_weights; this module stacks the feature rows and multiplies). Results match
 torchvision.ops.roi_align.
 
-Several feature levels (FPN) are one product too: the rows of all levels are stacked and
-each RoI's weights point into its own level (``roi_align_levels``), so the pooled RoIs come
-out in their input order with no gather or scatter afterwards. NCHW maps are transposed to
-rows once per call; a level whose RoIs read few of its pixels gives only those rows
-(an unread level none), and channels_last maps are read in place.
+Several feature levels (FPN) are one product too: each RoI's weights point into its own
+level's rows (``roi_align_levels``), so the pooled RoIs come out in their input order with
+no gather or scatter afterwards. The rows of a channels_last level are a view, read in
+place (S's columns on that level multiply it directly); NCHW levels are stacked into one
+rows matrix, transposed once per call, or only the rows read where their RoIs read few of
+a level's pixels (an unread level none).
 """
 
 from __future__ import annotations
@@ -86,17 +87,31 @@ def _split_by_image(rows: Tensor, n: int, hw: int) -> list[Tensor]:
     return [part - i * hw for i, part in enumerate(rows.split(counts))]
 
 
-def _stack_rows(features: tuple[Tensor, ...], plan: list[Tensor | None]) -> Tensor:
-    """Channels-last rows of the levels, [sum_l rows_l, C]: all N*H_l*W_l rows of a level
-    whose plan is None (a transposed copy; a view for one NHWC level), else only the rows
-    listed (sorted indices into the level's N*H_l*W_l rows)."""
+IN_PLACE = "in place"  # a plan entry: a dense channels_last level, its rows read as a view
+Plan = list  # per level: None (all rows, copied), sorted row indices (gathered), or IN_PLACE
+
+
+def _level_rows(level: Tensor) -> Tensor:
+    """[N, C, H, W] channels_last -> [N*H*W, C], a view."""
+    n, c, h, w = level.shape
+    return level.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _stack_rows(features: tuple[Tensor, ...], plan: Plan) -> Tensor | None:
+    """Channels-last rows of the levels that are not read in place, [sum_l rows_l, C]: all
+    N*H_l*W_l rows of a level whose plan is None (a transposed copy), else only the rows
+    listed (sorted indices into the level's N*H_l*W_l rows). None if every level is read
+    in place."""
+    stacked_levels = [(f, rows) for f, rows in zip(features, plan) if rows is not IN_PLACE]
+    if not stacked_levels:
+        return None
     c = features[0].shape[1]
-    if len(features) == 1 and plan[0] is None:  # [N, C, H, W] -> [N, H, W, C] -> [NHW, C]
-        return features[0].permute(0, 2, 3, 1).contiguous().view(-1).view(-1, c)  # strides (C, 1)
+    if len(stacked_levels) == 1 and stacked_levels[0][1] is None:  # [N, C, H, W] -> [NHW, C]
+        return stacked_levels[0][0].permute(0, 2, 3, 1).contiguous().view(-1).view(-1, c)
     sizes = [f.shape[0] * f.shape[2] * f.shape[3] if rows is None else rows.numel()
-             for f, rows in zip(features, plan)]
+             for f, rows in stacked_levels]
     stacked = features[0].new_empty((sum(sizes), c))
-    for f, rows, part in zip(features, plan, stacked.split(sizes)):
+    for (f, rows), part in zip(stacked_levels, stacked.split(sizes)):
         n, _, h, w = f.shape
         if rows is None:
             part.view(n, h, w, c).copy_(f.permute(0, 2, 3, 1))  # [N, C, H, W] -> [N, H, W, C]
@@ -109,14 +124,23 @@ def _stack_rows(features: tuple[Tensor, ...], plan: list[Tensor | None]) -> Tens
 
 
 def _unstack_rows(
-    grad_rows: Tensor, layouts: list[tuple[torch.Size, bool]], plan: list[Tensor | None]
+    grad_rows: Tensor, layouts: list[tuple[torch.Size, bool]], plan: Plan,
+    in_place_grads: dict[int, Tensor],
 ) -> list[Tensor]:
-    """Inverse of _stack_rows for gradients, in each level's own memory layout."""
+    """Inverse of _stack_rows for gradients, in each level's own memory layout; the
+    levels read in place take their rows' gradient (in_place_grads[level]) as a view."""
+    stacked = [(shape, cl, rows) for (shape, cl), rows in zip(layouts, plan)
+               if rows is not IN_PLACE]
     sizes = [shape[0] * shape[2] * shape[3] if rows is None else rows.numel()
-             for (shape, _), rows in zip(layouts, plan)]
+             for shape, _, rows in stacked]
+    parts = iter(grad_rows.split(sizes))
     grads = []
-    for (shape, channels_last), rows, part in zip(layouts, plan, grad_rows.split(sizes)):
+    for level, ((shape, channels_last), rows) in enumerate(zip(layouts, plan)):
         n, c, h, w = shape
+        if rows is IN_PLACE:
+            grads.append(in_place_grads[level].view(n, h, w, c).permute(0, 3, 1, 2))
+            continue
+        part = next(parts)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if rows is not None:  # scatter the rows read (if any) into a zero gradient
             grad = torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=fmt)
@@ -137,55 +161,105 @@ def _unstack_rows(
 
 def _column_plan(
     blocks: list[Tensor], features: list[Tensor]
-) -> tuple[list[Tensor], list[Tensor | None]]:
-    """Which rows of each level the product reads. A level read at fewer than
-    _GATHER_BELOW of its pixels gives only those rows (gathered, cheaper than transposing
-    the whole map; none at all if unused) and the columns of S are renumbered to match."""
+) -> tuple[list[list[tuple[int, Tensor]]], Plan]:
+    """Which rows of each level the product reads, and S split by operand.
+
+    A channels_last level is read in place (its rows are a view: no copy). Of the others,
+    a level read at fewer than _GATHER_BELOW of its pixels gives only those rows (gathered,
+    cheaper than transposing the whole map; none at all if unused), the rest are
+    transposed whole. The stacked rows are operand 0, a level l read in place operand
+    l + 1: each block of S becomes (operand, CSR block) parts, columns renumbered."""
     sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
-    if len(features) == 1 and features[0].is_contiguous(memory_format=torch.channels_last):
-        return blocks, [None]  # its rows are a free view: nothing to save
     used = torch.zeros(sum(sizes), dtype=torch.bool, device=features[0].device)
     for block in blocks:
         used[block.col_indices()] = True
-    plan: list[Tensor | None] = []
-    for used_level in used.split(sizes):
-        n_used = int(used_level.sum())
-        dense = n_used >= _GATHER_BELOW * used_level.numel()
-        plan.append(None if dense else used_level.nonzero().squeeze(1))
+    plan: Plan = []
+    for f, used_level in zip(features, used.split(sizes)):
+        if f.is_contiguous(memory_format=torch.channels_last):
+            plan.append(IN_PLACE)
+        elif int(used_level.sum()) < _GATHER_BELOW * used_level.numel():
+            plan.append(used_level.nonzero().squeeze(1))
+        else:
+            plan.append(None)
     if all(rows is None for rows in plan):
-        return blocks, plan
-    keep = torch.cat([torch.ones_like(u) if rows is None else u
+        return [[(0, block)] for block in blocks], plan
+    # old column -> (operand, column in that operand's rows)
+    keep = torch.cat([u if torch.is_tensor(rows) else torch.full_like(u, rows is None)
                       for u, rows in zip(used.split(sizes), plan)])
-    new_col = torch.cumsum(keep, 0) - 1  # [sum sizes] old column -> new column
-    shape_new = int(keep.sum())
-    blocks = [csr(block.crow_indices().diff(), take(new_col, block.col_indices()),
-                   block.values(), (block.shape[0], shape_new)) for block in blocks]
-    return blocks, plan
+    new_col = torch.cumsum(keep, 0) - 1  # stacked levels' columns
+    operand = torch.zeros_like(new_col)
+    widths = {0: int(keep.sum())}
+    for level, (cols, rows) in enumerate(zip(new_col.split(sizes), operand.split(sizes))):
+        if plan[level] is IN_PLACE:  # views into new_col / operand: set in place
+            cols.copy_(torch.arange(sizes[level], device=cols.device))
+            rows.fill_(level + 1)
+            widths[level + 1] = sizes[level]
+    return [_split_columns(block, operand, new_col, widths) for block in blocks], plan
+
+
+def _split_columns(block: Tensor, operand: Tensor, new_col: Tensor,
+                   widths: dict[int, int]) -> list[tuple[int, Tensor]]:
+    """A CSR block -> (operand, CSR block) parts, each entry in its operand's columns; at
+    least one part (an empty block stays one empty part)."""
+    counts, cols, vals = block.crow_indices().diff(), block.col_indices(), block.values()
+    ops = take(operand, cols)
+    present = torch.unique(ops).tolist() or [0]
+    if len(present) == 1:
+        return [(present[0], csr(counts, take(new_col, cols), vals,
+                                 (block.shape[0], widths[present[0]])))]
+    rows = repeat_index(counts, cols.numel())
+    parts = []
+    for op in present:
+        mask = ops == op
+        part_counts = torch.bincount(rows[mask], minlength=block.shape[0])
+        parts.append((op, csr(part_counts, take(new_col, cols[mask]), vals[mask],
+                              (block.shape[0], widths[op]))))
+    return parts
 
 
 class _BinMix(torch.autograd.Function):
     """out[R, C] = S @ rows(features) for constant sparse blocks S; grad = S^T @ grad_out."""
 
     @staticmethod
-    def forward(ctx, blocks: list[Tensor], plan: list[Tensor | None],  # type: ignore[override]
+    def forward(ctx, blocks: list[list[tuple[int, Tensor]]], plan: Plan,  # type: ignore[override]
                 *features: Tensor) -> Tensor:
-        rows = _stack_rows(features, plan)  # [rows read, C]
+        operands = {0: _stack_rows(features, plan)}  # [rows read, C] (None: all in place)
+        for level, rows in enumerate(plan):
+            if rows is IN_PLACE:
+                operands[level + 1] = _level_rows(features[level])
         ctx.blocks, ctx.plan = blocks, plan
         ctx.layouts = [(f.shape, f.is_contiguous(memory_format=torch.channels_last))
                        for f in features]
-        out = rows.new_empty((sum(block.shape[0] for block in blocks), rows.shape[1]))
-        for block, part in zip(blocks, out.split([b.shape[0] for b in blocks])):
-            _product(block, rows, part, transpose=False, add=False)
+        ctx.widths = {op: rows.shape[0] if rows is not None else 0
+                      for op, rows in operands.items()}
+        c = features[0].shape[1]
+        out = features[0].new_empty((sum(parts[0][1].shape[0] for parts in blocks), c))
+        for parts, out_part in zip(blocks, out.split([p[0][1].shape[0] for p in blocks])):
+            parts = [(op, block) for op, block in parts if block.values().numel()]
+            if not parts:  # RoIs without samples (degenerate boxes): zeros
+                out_part.zero_()
+            for i, (op, block) in enumerate(parts):
+                _product(block, operands[op], out_part, transpose=False, add=i > 0)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad = grad.contiguous()
-        grad_rows = grad.new_empty((ctx.blocks[0].shape[1], grad.shape[1]))  # [rows read, C]
-        parts = grad.split([b.shape[0] for b in ctx.blocks])
-        for i, (block, part) in enumerate(zip(ctx.blocks, parts)):
-            _product(block, part, grad_rows, transpose=True, add=i > 0)
-        return (None, None, *_unstack_rows(grad_rows, ctx.layouts, ctx.plan))
+        grad_rows: dict[int, Tensor] = {}  # operand -> [its rows, C]
+        out_parts = grad.split([p[0][1].shape[0] for p in ctx.blocks])
+        for parts, out_part in zip(ctx.blocks, out_parts):
+            for op, block in parts:
+                if not block.values().numel():
+                    continue
+                add = op in grad_rows
+                if not add:
+                    grad_rows[op] = grad.new_empty((ctx.widths[op], grad.shape[1]))
+                _product(block, out_part, grad_rows[op], transpose=True, add=add)
+        for op, width in ctx.widths.items():  # an operand no entry read: zero gradient
+            if op not in grad_rows:
+                grad_rows[op] = grad.new_zeros((width, grad.shape[1]))
+        in_place = {op - 1: rows for op, rows in grad_rows.items() if op > 0}
+        return (None, None, *_unstack_rows(grad_rows[0], ctx.layouts, ctx.plan, in_place))
 
 
 def _level_tables(features: list[Tensor], scales: list[float], dtype: torch.dtype):

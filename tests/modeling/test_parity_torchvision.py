@@ -119,3 +119,26 @@ def test_optimized_inference_matches_exact_model(models):
         assert _mask_iou(act.masks[top], exp.masks[twin]).min() > 0.95
     with pytest.raises(RuntimeError, match="cannot be trained"):
         fast.train()
+
+
+def test_optimized_heads_in_chunks_match_whole(models, monkeypatch):
+    """The optimized model runs its box and mask heads a chunk of RoIs at a time; the
+    detections are those of one call over all RoIs (to rounding)."""
+    from maskrcnn.modeling import box_head, roi_heads
+
+    tv_model, _ = models
+    fast = our_copy(tv_model, torchvision_config(MIN_SIZE, MAX_SIZE)).optimize_for_inference()
+    images = _images()
+    with torch.no_grad():
+        monkeypatch.setattr(box_head, "BOX_CHUNK", 7)
+        monkeypatch.setattr(roi_heads, "MASK_CHUNK", 3)
+        chunked = fast(images)
+        monkeypatch.setattr(box_head, "BOX_CHUNK", 1 << 30)
+        monkeypatch.setattr(roi_heads, "MASK_CHUNK", 1 << 30)
+        whole = fast(images)
+    for a, b in zip(chunked, whole):
+        assert len(a) == len(b) > 3
+        torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+        assert torch.equal(a.labels, b.labels)
+        assert _mask_iou(a.masks, b.masks).min() > 0.99

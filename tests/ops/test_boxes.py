@@ -87,7 +87,9 @@ def test_batched_nms_is_per_class():
 
 def test_inference_does_not_import_torchvision(tmp_path):
     """NMS loads torchvision's compiled library alone, and the ResNet blocks are ours: the
-    ~160 MiB of torchvision's Python package stay out of a predicting process."""
+    ~160 MiB of torchvision's Python package stay out of a predicting process. (In a
+    subprocess: the test process has torchvision imported, whose Python registrations,
+    e.g. nms under autocast, would hide what is missing without them.)"""
     import subprocess
     import sys
 
@@ -98,6 +100,12 @@ model = create_model("small").eval()
 predict(model, torch.rand(3, 96, 128), score_thresh=0.0)
 model.optimize_for_inference()
 predict(model, torch.rand(3, 96, 128), score_thresh=0.0)
+from maskrcnn.ops import batched_nms  # bf16 scores, float32 boxes under autocast (bf16 mode)
+boxes = torch.rand(1500, 4) * 50
+boxes[:, 2:] += boxes[:, :2] + 1
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    for n in (100, 1500):  # both of torchvision's routes
+        batched_nms(boxes[:n], torch.rand(n).bfloat16(), torch.randint(0, 3, (n,)), 0.5)
 print("torchvision" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

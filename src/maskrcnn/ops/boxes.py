@@ -59,9 +59,19 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """torchvision's NMS (its compiled operator): indices (int64 [K]) of the boxes [N, 4]
     kept, by decreasing score; a box is dropped when its IoU with a kept one is > the
-    threshold."""
+    threshold. Under autocast, or with boxes and scores of different float types, both
+    are taken in float32 first, as torchvision's autocast rule for nms does (its Python
+    package registers that rule; the operator alone refuses mixed types)."""
     _load_torchvision_ops()
+    mixed = boxes.dtype != scores.dtype or torch.is_autocast_enabled(boxes.device.type)
+    if mixed:
+        boxes, scores = _float32(boxes), _float32(scores)
     return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
+
+
+def _float32(t: Tensor) -> Tensor:
+    """Floating tensors but float64 in float32 (autocast's cast for nms)."""
+    return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

@@ -203,7 +203,8 @@ def _split_columns(block: Tensor, operand: Tensor, new_col: Tensor,
     least one part (an empty block stays one empty part)."""
     counts, cols, vals = block.crow_indices().diff(), block.col_indices(), block.values()
     ops = take(operand, cols)
-    present = torch.unique(ops).tolist() or [0]
+    seen = torch.bincount(ops, minlength=max(widths) + 1)  # entries per operand (no sort)
+    present = seen.nonzero().squeeze(1).tolist() or [0]
     if len(present) == 1:
         return [(present[0], csr(counts, take(new_col, cols), vals,
                                  (block.shape[0], widths[present[0]])))]

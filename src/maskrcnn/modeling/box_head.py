@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
 from ..ops.boxes import batched_nms, clip_boxes, remove_small_boxes
-from ..ops.eager import eager_inference
+from ..ops.eager import chunked_inference
 from ..structures import Detections
 from .fpn import CONV_NORMS, conv_norm
 from .losses import box_regression_loss, full_precision
@@ -78,7 +78,7 @@ class BoxHead(nn.Module):
         The optimized model (channels_last RoIs, eager inference) runs BOX_CHUNK RoIs at a
         time: flattening channels_last RoIs for fc6 copies them (1000 RoIs of 256 x 7 x 7:
         48 MiB)."""
-        if pooled.shape[0] <= BOX_CHUNK or pooled.is_contiguous() or not eager_inference():
+        if not chunked_inference(pooled, BOX_CHUNK):
             return self._forward(pooled)
         parts = [self._forward(part) for part in pooled.split(BOX_CHUNK)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..config import RoIHeadsConfig
 from ..ops.box_coder import BoxCoder
 from ..ops.boxes import box_iou
-from ..ops.eager import eager_inference
+from ..ops.eager import chunked_inference
 from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedSampler
 from ..structures import Detections, Targets
@@ -169,7 +169,7 @@ class RoIHeads(nn.Module):
         optimized model (channels_last RoIs, eager inference) runs MASK_CHUNK RoIs at a
         time: for 100 RoIs of 256 channels the deconv's output is 77 MiB, the logits of
         91 classes 27 MiB, of which one channel per RoI is kept."""
-        if pooled.shape[0] <= MASK_CHUNK or pooled.is_contiguous() or not eager_inference():
+        if not chunked_inference(pooled, MASK_CHUNK):
             return self.mask_head.inference(self.mask_head(pooled), labels)
         return torch.cat([self.mask_head.inference(self.mask_head(part), part_labels) for
                           part, part_labels in zip(pooled.split(MASK_CHUNK),

@@ -10,3 +10,9 @@ def eager_inference() -> bool:
     in-place updates and PyTorch-build-specific ops (oneDNN fusions) are safe here."""
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def chunked_inference(rois: torch.Tensor, size: int) -> bool:
+    """Whether a head takes the RoIs [R, C, S, S] `size` at a time: more than `size` of
+    them, channels_last (the optimized model's), in eager inference."""
+    return rois.shape[0] > size and not rois.is_contiguous() and eager_inference()
